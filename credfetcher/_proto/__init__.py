@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for protos/credentialsfetcher.proto (tools/gen-proto.sh); do not edit."""

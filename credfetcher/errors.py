@@ -1,0 +1,145 @@
+"""The error tree: one root, a few subclasses that mean something to the caller.
+
+Library errors (ldap3, gssapi, krb5, OSError) are translated at the module boundary that meets
+them, with ``raise ... from exc`` so the native error stays reachable as ``__cause__``. Each class
+names the gRPC status it maps to (``grpc_code``); :mod:`credfetcher.server` maps errors to statuses
+in one place by reading that attribute. Context (gMSA, DC, identity, path) travels as attributes so
+messages and structured logs can both use it. No error message ever contains a secret.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import grpc
+
+
+class CredfetcherError(Exception):
+    """Root of every error credfetcher raises on purpose."""
+
+    grpc_code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str, *, gmsa: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.gmsa = gmsa
+
+
+class ConfigError(CredfetcherError):
+    """A configuration setting is invalid; ``setting`` names it."""
+
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(self, message: str, *, setting: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+class InvalidRequestError(CredfetcherError):
+    """A request field is malformed or missing (credspec, lease id, user name...)."""
+
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class CredspecError(InvalidRequestError):
+    """A credential spec is not valid JSON or lacks a field credfetcher needs; ``field`` names it."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class BlobError(CredfetcherError):
+    """An msDS-ManagedPassword blob violates MS-ADTS 2.2.19."""
+
+    grpc_code = grpc.StatusCode.DATA_LOSS
+
+
+class KerberosError(CredfetcherError):
+    """The KDC refused or could not be asked; ``principal`` is the client, ``code`` krb5's."""
+
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        principal: str | None = None,
+        code: int | None = None,
+        gmsa: str | None = None,
+    ) -> None:
+        super().__init__(message, gmsa=gmsa)
+        self.principal = principal
+        self.code = code
+
+
+class KeyRejectedError(KerberosError):
+    """The KDC rejected the key we derived: the password changed (rotated early) or is wrong."""
+
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class DirectoryError(CredfetcherError):
+    """An LDAP failure; ``dc`` is the domain controller it happened on, when known."""
+
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+
+    def __init__(self, message: str, *, dc: str | None = None, gmsa: str | None = None) -> None:
+        super().__init__(message, gmsa=gmsa)
+        self.dc = dc
+
+
+class DCUnavailableError(DirectoryError):
+    """No domain controller answered; ``attempts`` holds (dc, reason) for each one tried."""
+
+    def __init__(self, message: str, *, attempts: list[tuple[str, str]]) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+
+
+class BindError(DirectoryError):
+    """The identity could not authenticate to the DC (bad keytab, wrong password, clock skew)."""
+
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+
+    def __init__(self, message: str, *, identity: str, dc: str | None = None) -> None:
+        super().__init__(message, dc=dc)
+        self.identity = identity
+
+
+class GmsaNotFoundError(DirectoryError):
+    """No account with that sAMAccountName under the search base."""
+
+    grpc_code = grpc.StatusCode.NOT_FOUND
+
+
+class PasswordAccessDeniedError(DirectoryError):
+    """The identity may not read the gMSA's msDS-ManagedPassword."""
+
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+
+    def __init__(self, message: str, *, identity: str, gmsa: str, dc: str | None = None) -> None:
+        super().__init__(message, dc=dc, gmsa=gmsa)
+        self.identity = identity
+
+
+class LeaseNotFoundError(CredfetcherError):
+    """No lease with that id."""
+
+    grpc_code = grpc.StatusCode.NOT_FOUND
+
+
+class StorageError(CredfetcherError):
+    """Writing or removing a file under krbdir failed; ``path`` names it."""
+
+    grpc_code = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class UnsupportedError(CredfetcherError):
+    """A feature needs an optional extra that is not installed."""
+
+    grpc_code = grpc.StatusCode.UNIMPLEMENTED
