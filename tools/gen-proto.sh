@@ -3,7 +3,8 @@
 # tests/unit/test_proto.py fails when the committed stubs are stale: run this after editing the proto.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-.venv/bin/python}
+ROOT=$PWD
+PY=${PYTHON:-$ROOT/.venv/bin/python}
 export PATH="$(dirname "$PY"):$PATH"  # protoc finds the protoc-gen-mypy plugins there
 OUT=${1:-.}
 mkdir -p "$OUT/credfetcher/_proto"
