@@ -112,7 +112,9 @@ ensure_hosts() {
 # Output is shown only on failure: on success samba-tool just warns about its own argv.
 st() {
     local out
-    if ! out=$(samba-tool "$@" -H "$STATE/private/sam.ldb" 2>&1); then
+    # -s: without the DC's own smb.conf, samba-tool knows no realm and stores Kerberos salts
+    # unlike AD's (e.g. "hostNAME." for a gMSA instead of "REALMhostname.realm").
+    if ! out=$(samba-tool "$@" -H "$STATE/private/sam.ldb" -s "$STATE/etc/smb.conf" 2>&1); then
         printf '%s\n' "$out" >&2
         die "samba-tool $1 $2 failed"
     fi
@@ -291,14 +293,22 @@ down() {
         rm -f /etc/hosts.credfetcher.tmp
     fi
     ip addr del "$IP/8" dev lo 2>/dev/null || true
-    rm -rf "$STATE"
+    rm -rf "$STATE" "$STATE.lock"
     log "stopped and removed $STATE"
+}
+
+# One up/down at a time per state folder: parallel test sessions share one DC.
+with_lock() {
+    mkdir -p "$(dirname "$STATE")"
+    exec 9>"$STATE.lock"
+    flock -w 300 9 || die "another samba-ad.sh holds $STATE.lock"
+    "$@"
 }
 
 case "${1:-}" in
     deps) deps ;;
-    up) up ;;
-    down) down ;;
+    up) with_lock up ;;
+    down) with_lock down ;;
     env) [ -f "$STATE/env" ] || die "no DC state in $STATE (run: $0 up)"; cat "$STATE/env" ;;
     status) dc_ready ;;
     *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
