@@ -188,7 +188,7 @@ def parse_credspec(text: str | bytes) -> Credspec:
 
 def make_credspec(gmsa_name: str, domain: str, netbios_name: str | None = None) -> str:
     """A minimal credspec in New-CredentialSpec's shape, for tests, the demo and the CLI."""
-    netbios = netbios_name or domain.split(".")[0].upper()
+    netbios = netbios_name or domain.split(".", maxsplit=1)[0].upper()
     return json.dumps(
         {
             "CmsPlugins": ["ActiveDirectory"],

@@ -42,7 +42,7 @@ class InvalidRequestError(CredfetcherError):
 
 
 class CredspecError(InvalidRequestError):
-    """A credential spec is not valid JSON or lacks a field credfetcher needs; ``field`` names it."""
+    """A credential spec is not valid JSON or lacks a needed field; ``field`` names it."""
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)

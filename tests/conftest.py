@@ -86,7 +86,7 @@ def _dc_unavailable(reason: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def samba_dc() -> Iterator[TestDC]:
+def samba_dc() -> TestDC:
     """The local Samba AD DC, started (or reused) through docker/samba-ad/samba-ad.sh up."""
     if os.geteuid() != 0:
         _dc_unavailable("the Samba AD DC needs root (it adds a loopback address and binds :88)")
@@ -98,7 +98,7 @@ def samba_dc() -> Iterator[TestDC]:
     if proc.returncode != 0:
         _dc_unavailable(f"samba-ad.sh up failed: {proc.stderr.strip()[-2000:]}")
     env = read_env_file(Path(proc.stdout.strip().splitlines()[-1]))
-    yield TestDC(
+    return TestDC(
         realm=env["CF_TEST_REALM"],
         domain=env["CF_TEST_DOMAIN"],
         netbios=env["CF_TEST_NETBIOS"],

@@ -26,9 +26,19 @@ def host_ccache(dc: TestDC, tmp_path: Path, keytab: Path, principal: str) -> dic
 def ldap_gssapi_search(dc: TestDC, env: dict[str, str], gmsa: str) -> str:
     proc = run(
         [
-            "ldapsearch", "-LLL", "-Q", "-o", "ldif-wrap=no", "-Y", "GSSAPI",
-            "-H", f"ldap://{dc.dc_fqdn}", "-b", dc.base_dn,
-            f"(sAMAccountName={gmsa}$)", "msDS-ManagedPassword",
+            "ldapsearch",
+            "-LLL",
+            "-Q",
+            "-o",
+            "ldif-wrap=no",
+            "-Y",
+            "GSSAPI",
+            "-H",
+            f"ldap://{dc.dc_fqdn}",
+            "-b",
+            dc.base_dn,
+            f"(sAMAccountName={gmsa}$)",
+            "msDS-ManagedPassword",
         ],
         env,
     )

@@ -139,7 +139,10 @@ def test_every_original_field_is_identical(tmp_path: Path) -> None:
         for extra in set(actual) - set(fields):
             assert actual[extra].number >= FIRST_ADDED_FIELD_NUMBER, (msg_name, extra)
     arn_map = {f.name: f for f in messages["CreateKerberosArnLeaseResponse"].field}
-    assert arn_map["krb_ticket_response_map"].type_name == ".credentialsfetcher.KerberosTicketArnResponse"
+    assert (
+        arn_map["krb_ticket_response_map"].type_name
+        == ".credentialsfetcher.KerberosTicketArnResponse"
+    )
 
 
 def test_committed_stubs_are_current(tmp_path: Path) -> None:
