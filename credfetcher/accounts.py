@@ -1,0 +1,171 @@
+"""Per-gMSA credential state: the managed password's keys, cached, and TGTs acquired from them.
+
+One :class:`GmsaAccount` exists per (domain, gMSA, identity that reads the password). It fetches
+``msDS-ManagedPassword`` once, derives the keys (RFC 3962) and keeps them until the blob's
+QueryPasswordInterval says the DC must be asked again (less a clock-skew allowance; MS-ADTS
+3.1.1.4.4.1). Within five minutes of a change the previous password is the one the KDC accepts
+(see :func:`credfetcher.blob.password_for_authentication`). When the KDC rejects our key anyway —
+the password rotated early, or an administrator reset it — the password is fetched again once and
+the request retried. Concurrent callers share one fetch through the account's lock, so 32
+simultaneous leases for one gMSA cost the DC one LDAP search.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from credfetcher import tickets
+from credfetcher.blob import ManagedPassword, authenticates_with_previous, parse_managed_password
+from credfetcher.directory import DirectoryClient
+from credfetcher.errors import KeyRejectedError
+from credfetcher.identity import HostIdentity, UserIdentity
+from credfetcher.keys import KerberosKey, derive_keys
+from credfetcher.keytab import keys_for_keytab
+
+log = logging.getLogger(__name__)
+
+Identity = HostIdentity | UserIdentity
+# Margin taken off QueryPasswordInterval: a host whose clock runs behind the DC's must not keep
+# keys past the change (AD's default maximum skew is 5 minutes).
+CLOCK_SKEW = 300.0
+# Without a QueryPasswordInterval worth trusting, ask again after this long.
+DEFAULT_REFETCH = 3600.0
+
+
+@dataclass(frozen=True)
+class KeyMaterial:
+    """Keys derived from one read of the managed password. Secrets hidden from repr."""
+
+    principal: str
+    dn: str
+    kvno: int
+    auth_keys: tuple[KerberosKey, ...] = field(repr=False)
+    managed_password: ManagedPassword = field(repr=False)
+    fetched_at: float
+    refetch_at: float
+
+
+@dataclass(frozen=True)
+class AccountKey:
+    domain: str
+    gmsa: str
+    identity: str
+
+
+class GmsaAccount:
+    """Keys and tickets for one gMSA as read by one identity."""
+
+    def __init__(
+        self,
+        gmsa: str,
+        domain: str,
+        identity: Identity,
+        directory: DirectoryClient,
+        *,
+        lifetime: int,
+        renew_lifetime: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.gmsa = gmsa
+        self.domain = domain
+        self.realm = domain.upper()
+        self.identity = identity
+        self.directory = directory
+        self.lifetime = lifetime
+        self.renew_lifetime = renew_lifetime
+        self.clock = clock
+        self.principal = tickets.gmsa_principal(gmsa, self.realm)
+        self._lock = threading.Lock()
+        self._material: KeyMaterial | None = None
+
+    @property
+    def key(self) -> AccountKey:
+        return AccountKey(self.domain, self.gmsa.lower(), identity_key(self.identity))
+
+    def material(self, *, refresh: bool = False) -> KeyMaterial:
+        """The cached keys, fetched from the DC first when absent, stale, or ``refresh``."""
+        with self._lock:
+            current = self._material
+            if refresh or current is None or self.clock() >= current.refetch_at:
+                current = self._fetch()
+                self._material = current
+            return current
+
+    def _fetch(self) -> KeyMaterial:
+        record = self.directory.fetch_managed_password(self.gmsa, self.identity)
+        mp = parse_managed_password(record.blob)
+        kvno = record.kvno if record.kvno is not None else 1
+        if authenticates_with_previous(mp) and mp.previous is not None:
+            # The DC already hands out the next password; the KDC still wants the old one.
+            auth_pw, auth_kvno = mp.previous, max(kvno - 1, 1)
+        else:
+            auth_pw, auth_kvno = mp.current, kvno
+        keys = derive_keys(auth_pw, self.realm, self.gmsa, auth_kvno)
+        now = self.clock()
+        interval = mp.query_interval.total_seconds()
+        if interval <= 0:
+            refetch = now + 60.0
+        elif authenticates_with_previous(mp):
+            # Ask again right after the change so the new password's keys take over.
+            refetch = now + interval + 1.0
+        else:
+            refetch = now + max(interval - CLOCK_SKEW, min(interval, 60.0))
+        refetch = min(refetch, now + max(DEFAULT_REFETCH, interval)) if interval > 0 else refetch
+        log.info(
+            "read managed password of %s from %s (kvno %d, next read in %s)",
+            self.principal,
+            record.dc,
+            kvno,
+            timedelta(seconds=round(refetch - now)),
+            extra={"GMSA": self.gmsa, "DC": record.dc},
+        )
+        return KeyMaterial(
+            principal=self.principal,
+            dn=record.dn,
+            kvno=kvno,
+            auth_keys=tuple(keys),
+            managed_password=mp,
+            fetched_at=now,
+            refetch_at=refetch,
+        )
+
+    def acquire_tgt(self) -> tuple[tickets.Tgt, KeyMaterial]:
+        """A fresh TGT from the cached keys; re-read the password once if the KDC rejects them."""
+        material = self.material()
+        try:
+            tgt = tickets.acquire_tgt(
+                self.principal,
+                keys=material.auth_keys,
+                lifetime=self.lifetime,
+                renew_lifetime=self.renew_lifetime,
+            )
+        except KeyRejectedError:
+            log.warning(
+                "KDC rejected the cached key of %s: reading the managed password again",
+                self.principal,
+                extra={"GMSA": self.gmsa},
+            )
+            material = self.material(refresh=True)
+            tgt = tickets.acquire_tgt(
+                self.principal,
+                keys=material.auth_keys,
+                lifetime=self.lifetime,
+                renew_lifetime=self.renew_lifetime,
+            )
+        return tgt, material
+
+    def keytab_keys(self, material: KeyMaterial, *, rc4: bool) -> list[KerberosKey]:
+        """Current keys at kvno and previous at kvno-1, for acceptors such as SQL Server."""
+        return keys_for_keytab(
+            material.managed_password, self.realm, self.gmsa, material.kvno, rc4=rc4
+        )
+
+
+def identity_key(identity: Identity) -> str:
+    """A stable, secret-free key for grouping by identity."""
+    return "|".join(identity.key)

@@ -1,0 +1,344 @@
+"""Configuration: parsed once (flags > environment > TOML file > defaults) into a frozen object.
+
+Every setting is declared once in :data:`SETTINGS` with its environment name (the first four are
+credentials-fetcher's own: ``CF_KRB_DIR``, ``CF_UNIX_DOMAIN_SOCKET_DIR``, ``CF_CRED_SPEC_FILE``,
+``CF_GMSA_OU``), its TOML key (the lower-case name, e.g. ``krb_dir``), its command-line flag and
+its parser. Nothing deeper in the code reads the environment or the file again: it receives the
+:class:`Config` (or a part of it) and nothing else, so there is one fallback for each setting.
+``KRB5_CONFIG`` is left to libkrb5, which reads it itself.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import re
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from credfetcher.directory import Transport
+from credfetcher.discovery import DomainController, parse_dc_list
+from credfetcher.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = Path("/etc/credfetcher/credfetcher.toml")
+SOCKET_NAME = "credentials_fetcher.sock"
+# Named lease ids (start-up and ARN leases) share the lease-id namespace with random 20-hex ids.
+NAMED_LEASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class CredSpecFile:
+    """``CF_CRED_SPEC_FILE=path[:lease_id]``: a lease created (or refreshed) at start-up."""
+
+    path: Path
+    lease_id: str = "credspec"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The daemon's whole configuration. Secrets: none (domainless passwords come per request)."""
+
+    krb_dir: Path = Path("/var/credentials-fetcher/krbdir")
+    socket_dir: Path = Path("/var/credentials-fetcher/socket")
+    socket_group: str | None = None
+    socket_mode: int = 0o660
+    allowed_uids: tuple[int, ...] = ()
+    allowed_gids: tuple[int, ...] = ()
+    cred_spec_file: CredSpecFile | None = None
+    gmsa_ou: str | None = None
+    domain_controllers: tuple[DomainController, ...] = ()
+    dns_nameservers: tuple[str, ...] = ()
+    machine_keytab: Path = Path("/etc/krb5.keytab")
+    machine_principal: str | None = None
+    ldap_transport: Transport = Transport.AUTO
+    ldap_ca_file: Path | None = None
+    ldap_tls_verify: bool = True
+    ldap_timeout: float = 5.0
+    ccache_owner: int | None = None
+    ccache_group: int | None = None
+    ccache_mode: int = 0o600
+    write_keytab: bool = False
+    enable_rc4: bool = False
+    ticket_lifetime: int = 10 * 3600
+    renew_lifetime: int = 7 * 24 * 3600
+    renew_margin: int = 2 * 3600
+    orphan_after: int = 7 * 24 * 3600
+    rpc_threads: int = 16
+    log_level: str = "INFO"
+    aws_sm_secret_name: str | None = None
+    metrics_address: str | None = None
+    config_file: Path | None = field(default=None, compare=False)
+
+    @property
+    def socket_path(self) -> Path:
+        return self.socket_dir / SOCKET_NAME
+
+    def machine_principal_for(self, realm: str) -> str:
+        """``NAME$@REALM`` for the host: configured, or the short host name (AD's 15-char rule)."""
+        principal = self.machine_principal
+        if principal is None:
+            short = socket.gethostname().split(".")[0].upper()[:15]
+            principal = f"{short}$"
+        return principal if "@" in principal else f"{principal}@{realm.upper()}"
+
+
+def _path(value: str) -> Path:
+    if not value:
+        raise ValueError("must not be empty")
+    return Path(value)
+
+
+def _opt_str(value: str) -> str | None:
+    return value or None
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"{value!r} is not a boolean (true/false)")
+
+
+def _positive_int(value: str) -> int:
+    number = int(value, 10)
+    if number <= 0:
+        raise ValueError(f"{value!r} must be a positive number of seconds")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise ValueError(f"{value!r} must be positive")
+    return number
+
+
+def _mode(value: str) -> int:
+    mode = int(value, 8)
+    if mode & ~0o777:
+        raise ValueError(f"{value!r} is not a permission mode such as 0600 or 0440")
+    if mode & 0o002:
+        raise ValueError(f"{value!r} would make credentials world-writable")
+    return mode
+
+
+def _uid(value: str) -> int | None:
+    if value == "":
+        return None
+    if value.isdigit():
+        return int(value)
+    try:
+        return pwd.getpwnam(value).pw_uid
+    except KeyError:
+        raise ValueError(f"no such user {value!r}") from None
+
+
+def _gid(value: str) -> int | None:
+    if value == "":
+        return None
+    if value.isdigit():
+        return int(value)
+    try:
+        return grp.getgrnam(value).gr_gid
+    except KeyError:
+        raise ValueError(f"no such group {value!r}") from None
+
+
+def _int_list(value: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.split(r"[,\s]+", value.strip()) if part)
+
+
+def _str_list(value: str) -> tuple[str, ...]:
+    return tuple(part for part in re.split(r"[,\s]+", value.strip()) if part)
+
+
+def _transport(value: str) -> Transport:
+    try:
+        return Transport(value.strip().lower())
+    except ValueError:
+        choices = "|".join(t.value for t in Transport)
+        raise ValueError(f"{value!r} is not one of {choices}") from None
+
+
+def _cred_spec_file(value: str) -> CredSpecFile | None:
+    if not value:
+        return None
+    path, sep, lease_id = value.rpartition(":")
+    if not sep or "/" in lease_id or not path:
+        return CredSpecFile(Path(value))
+    if not NAMED_LEASE_ID.match(lease_id):
+        raise ValueError(f"lease id {lease_id!r} must be letters, digits, '-' or '_' (<= 64)")
+    return CredSpecFile(Path(path), lease_id)
+
+
+def _log_level(value: str) -> str:
+    level = value.strip().upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ValueError(f"{value!r} is not DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return level
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    env: str
+    parse: Callable[[str], Any]
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("krb_dir", "CF_KRB_DIR", _path, "lease directories are created here"),
+    Setting("socket_dir", "CF_UNIX_DOMAIN_SOCKET_DIR", _path, f"{SOCKET_NAME} is created here"),
+    Setting("socket_group", "CF_SOCKET_GROUP", _opt_str, "group owning the socket (mode 0660)"),
+    Setting("allowed_uids", "CF_ALLOWED_UIDS", _int_list, "peer uids allowed (SO_PEERCRED)"),
+    Setting("allowed_gids", "CF_ALLOWED_GIDS", _int_list, "peer gids allowed (SO_PEERCRED)"),
+    Setting(
+        "cred_spec_file",
+        "CF_CRED_SPEC_FILE",
+        _cred_spec_file,
+        "path[:lease_id] of a credspec leased at start-up (lease id default 'credspec')",
+    ),
+    Setting("gmsa_ou", "CF_GMSA_OU", _opt_str, "search base for gMSAs (default: domain root)"),
+    Setting(
+        "domain_controllers",
+        "CF_DOMAIN_CONTROLLERS",
+        parse_dc_list,
+        "comma list of DC host names or ldap://, ldaps:// URLs (empty: DNS SRV discovery)",
+    ),
+    Setting("dns_nameservers", "CF_DNS_NAMESERVERS", _str_list, "DNS servers for DC discovery"),
+    Setting("machine_keytab", "CF_MACHINE_KEYTAB", _path, "the host's keytab"),
+    Setting(
+        "machine_principal",
+        "CF_MACHINE_PRINCIPAL",
+        _opt_str,
+        "NAME$ or NAME$@REALM (default: short host name, upper-cased, + $)",
+    ),
+    Setting("ldap_transport", "CF_LDAP_TRANSPORT", _transport, "auto | ldaps | ldap-seal"),
+    Setting("ldap_ca_file", "CF_LDAP_CA_FILE", _path, "CA bundle for LDAPS"),
+    Setting("ldap_tls_verify", "CF_LDAP_TLS_VERIFY", _bool, "verify LDAPS certificates"),
+    Setting("ldap_timeout", "CF_LDAP_TIMEOUT", _positive_float, "seconds per LDAP operation"),
+    Setting("ccache_owner", "CF_CCACHE_OWNER", _uid, "user owning each krb5cc (name or uid)"),
+    Setting("ccache_group", "CF_CCACHE_GROUP", _gid, "group owning each krb5cc (name or gid)"),
+    Setting("ccache_mode", "CF_CCACHE_MODE", _mode, "octal mode of each krb5cc, e.g. 0640"),
+    Setting("write_keytab", "CF_WRITE_KEYTAB", _bool, "also write krb5.keytab beside krb5cc"),
+    Setting("enable_rc4", "CF_ENABLE_RC4", _bool, "add deprecated RC4-HMAC keys to keytabs"),
+    Setting("ticket_lifetime", "CF_TICKET_LIFETIME", _positive_int, "requested TGT lifetime (s)"),
+    Setting("renew_lifetime", "CF_RENEW_LIFETIME", _positive_int, "requested renewable life (s)"),
+    Setting(
+        "renew_margin",
+        "CF_RENEW_MARGIN",
+        _positive_int,
+        "renew when less than this much life remains (s; capped at half the lifetime)",
+    ),
+    Setting(
+        "orphan_after",
+        "CF_ORPHAN_AFTER",
+        _positive_int,
+        "remove a lease that could not be renewed this long past its renew-until (s)",
+    ),
+    Setting("rpc_threads", "CF_RPC_THREADS", _positive_int, "concurrent RPC worker threads"),
+    Setting("log_level", "CF_LOG_LEVEL", _log_level, "DEBUG, INFO, WARNING or ERROR"),
+    Setting(
+        "aws_sm_secret_name",
+        "CF_AWS_SM_SECRET_NAME",
+        _opt_str,
+        "Secrets Manager secret with the daemon-wide domainless identity",
+    ),
+    Setting("metrics_address", "CF_METRICS_ADDRESS", _opt_str, "host:port for Prometheus text"),
+)
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+def _toml_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def load_config(
+    flags: Mapping[str, str | None] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> Config:
+    """Build the :class:`Config`; raise :class:`ConfigError` naming the first bad setting.
+
+    ``flags`` maps setting names to command-line values (None = not given). The TOML file is
+    ``config_file`` or ``/etc/credfetcher/credfetcher.toml`` when that exists.
+    """
+    environ = os.environ if environ is None else environ
+    flags = flags or {}
+    file_values: dict[str, Any] = {}
+    path = config_file
+    if path is None and DEFAULT_CONFIG_FILE.exists():
+        path = DEFAULT_CONFIG_FILE
+    if path is not None:
+        try:
+            with path.open("rb") as fh:
+                file_values = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}", setting="config") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}", setting="config") from exc
+        unknown = sorted(set(file_values) - set(_BY_NAME))
+        if unknown:
+            raise ConfigError(
+                f"{path}: unknown setting(s) {', '.join(unknown)}", setting=unknown[0]
+            )
+
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        source: str | None = None
+        raw: str | None = None
+        if flags.get(setting.name) is not None:
+            raw, source = flags[setting.name], setting.flag
+        elif setting.env in environ:
+            raw, source = environ[setting.env], setting.env
+        elif setting.name in file_values:
+            raw, source = _toml_text(file_values[setting.name]), f"{path}: {setting.name}"
+        if raw is None:
+            continue
+        try:
+            values[setting.name] = setting.parse(raw)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{source}: {exc}", setting=setting.env) from exc
+    config = Config(**values, config_file=path)
+    if config.renew_lifetime < config.ticket_lifetime:
+        raise ConfigError(
+            "CF_RENEW_LIFETIME must be at least CF_TICKET_LIFETIME", setting="CF_RENEW_LIFETIME"
+        )
+    return config
+
+
+def describe(config: Config) -> list[tuple[str, str, str]]:
+    """(env name, TOML key, value) rows for ``credfetcherd --check-config``; nothing secret here."""
+    rows = []
+    values = {f.name: getattr(config, f.name) for f in fields(config)}
+    for setting in SETTINGS:
+        value = values[setting.name]
+        if isinstance(value, tuple):
+            text = ",".join(str(v) for v in value)
+        elif isinstance(value, Transport):
+            text = value.value
+        elif isinstance(value, CredSpecFile):
+            text = f"{value.path}:{value.lease_id}"
+        elif setting.name in {"ccache_mode", "socket_mode"}:
+            text = f"0{value:o}"
+        elif value is None:
+            text = ""
+        else:
+            text = str(value)
+        rows.append((setting.env, setting.name, text))
+    return rows

@@ -1,0 +1,160 @@
+"""``credfetcherd``: the daemon. Runs in the foreground; systemd (Type=notify) supervises it.
+
+Start-up order matters to callers: configuration is parsed and checked, leases are recovered
+from krbdir (missing or expired caches renewed), the gRPC socket is bound, a HealthCheck call is
+made through the socket itself, and only then is READY=1 sent (sd_notify(3)), so a unit ordered
+after credfetcher.service can call it at once. WATCHDOG=1 is sent only while the renewal loop is
+alive. SIGTERM sends STOPPING=1, lets in-flight calls finish and exits 0 within 10 seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+import grpc
+
+from credfetcher import __version__
+from credfetcher._proto import credentialsfetcher_pb2 as pb
+from credfetcher._proto import credentialsfetcher_pb2_grpc as pb_grpc
+from credfetcher.config import SETTINGS, Config, describe, load_config
+from credfetcher.errors import ConfigError, CredfetcherError
+from credfetcher.server import Server
+from credfetcher.service import LeaseService
+from credfetcher.systemd import Notifier, configure_logging
+
+log = logging.getLogger("credfetcher")
+
+STOP_GRACE = 8.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="credfetcherd",
+        description=(
+            "Serve gMSA Kerberos leases for containers over gRPC on a Unix socket "
+            "(credentials-fetcher compatible). Settings come from flags, then CF_* environment "
+            "variables, then the TOML file, then defaults."
+        ),
+        epilog=(
+            "examples:\n"
+            "  credfetcherd --check-config\n"
+            "  CF_DOMAIN_CONTROLLERS=dc1.corp.example.com credfetcherd\n"
+            "  credfetcherd --config /etc/credfetcher/credfetcher.toml --log-level DEBUG\n"
+            "docs: /usr/share/doc/credfetcher/ (configuration.md lists every setting)"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config", type=Path, help="TOML file (default /etc/credfetcher/credfetcher.toml)"
+    )
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="print the effective configuration and exit (non-zero when invalid)",
+    )
+    parser.add_argument("--version", action="version", version=f"credfetcherd {__version__}")
+    group = parser.add_argument_group("settings (each also an environment variable)")
+    for setting in SETTINGS:
+        group.add_argument(
+            setting.flag, dest=setting.name, metavar="VALUE", help=f"{setting.help} [{setting.env}]"
+        )
+    return parser
+
+
+def check_config(config: Config) -> int:
+    width = max(len(env) for env, _, _ in describe(config))
+    for env, _, value in describe(config):
+        print(f"{env.ljust(width)}  {value}")
+    if config.config_file is not None:
+        print(f"# file: {config.config_file}")
+    return 0
+
+
+def wait_until_serving(socket_path: Path, timeout: float = 10.0) -> None:
+    """Make a real HealthCheck call through the socket: proof it accepts calls."""
+    with grpc.insecure_channel(f"unix:{socket_path}") as channel:
+        stub = pb_grpc.CredentialsFetcherServiceStub(channel)
+        stub.HealthCheck(pb.HealthCheckRequest(service="startup"), timeout=timeout)
+
+
+def start_credspec_lease(service: LeaseService, config: Config) -> None:
+    """CF_CRED_SPEC_FILE: create its lease once; later starts keep (and renew) it."""
+    spec = config.cred_spec_file
+    if spec is None:
+        return
+    if service.store.exists(spec.lease_id):
+        log.info("start-up lease %s already exists; keeping it fresh", spec.lease_id)
+        return
+    try:
+        text = spec.path.read_text()
+        service.add_lease([text], lease_id=spec.lease_id)
+    except OSError as exc:
+        log.exception("CF_CRED_SPEC_FILE %s: %s", spec.path, exc.strerror)
+    except CredfetcherError as exc:
+        log.exception("CF_CRED_SPEC_FILE %s: %s", spec.path, exc.message)
+
+
+def run(config: Config, notifier: Notifier) -> int:
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    service = LeaseService(config)
+    service.start()
+    start_credspec_lease(service, config)
+    server = Server(service)
+    server.start()
+    wait_until_serving(config.socket_path)
+    log.info("serving on unix:%s (krbdir %s)", config.socket_path, config.krb_dir)
+    notifier.ready(f"serving {service.scheduler.lease_count()} lease(s)")
+
+    interval = notifier.watchdog_interval() or 10.0
+    while not stop.wait(timeout=min(interval, 10.0)):
+        ok = server.update_health()
+        if service.scheduler.alive(max_age=60.0):
+            notifier.watchdog()
+        leases = service.scheduler.lease_count()
+        notifier.status(f"{leases} lease(s); {'healthy' if ok else 'degraded'}")
+
+    notifier.stopping("stopping")
+    started = time.monotonic()
+    server.stop(STOP_GRACE)
+    service.stop()
+    log.info("stopped in %.1f s", time.monotonic() - started)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    flags = {s.name: getattr(args, s.name) for s in SETTINGS}
+    try:
+        config = load_config(flags, config_file=args.config)
+    except ConfigError as exc:
+        print(f"credfetcherd: invalid configuration: {exc.message}", file=sys.stderr)
+        return 2
+    if args.check_config:
+        return check_config(config)
+    configure_logging(config.log_level)
+    notifier = Notifier()
+    try:
+        return run(config, notifier)
+    except CredfetcherError as exc:
+        log.critical("cannot start: %s", exc.message)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

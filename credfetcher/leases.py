@@ -1,0 +1,297 @@
+"""The lease store: lease directories and their metadata under krbdir, all-or-nothing on disk.
+
+Layout (credentials-fetcher's, so the ECS agent and scripts find everything where they expect)::
+
+    <krbdir>/<lease_id>/<lease_id>_metadata.json
+    <krbdir>/<lease_id>/<gMSA>/krb5cc            (and krb5.keytab when asked)
+
+A lease is built in a staging directory ``<krbdir>/.cf-tmp-<lease_id>-<random>`` holding its
+metadata and every ccache, then renamed to ``<krbdir>/<lease_id>`` in one step: a lease directory
+without metadata, or metadata without its files, never exists, even across a crash (rename(2) is
+atomic, and krbdir is fsynced before the RPC answers, so an acknowledged lease survives power
+loss). Deletion renames the lease out of the way first, then removes it. Start-up removes every
+``.cf-tmp-*`` leftover. Every path is built from a validated lease id and a validated gMSA name and
+checked to stay inside krbdir before anything is removed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from credfetcher.config import NAMED_LEASE_ID
+from credfetcher.credspec import validate_gmsa_name
+from credfetcher.errors import InvalidRequestError, LeaseNotFoundError, StorageError
+from credfetcher.files import TEMP_PREFIX, Ownership, atomic_write_bytes, remove_tree_inside
+
+log = logging.getLogger(__name__)
+
+LEASE_ID = re.compile(r"^[0-9a-f]{20}$")
+CCACHE_NAME = "krb5cc"
+KEYTAB_NAME = "krb5.keytab"
+METADATA_VERSION = 1
+
+
+def new_lease_id() -> str:
+    """20 lowercase hex characters from the OS CSPRNG, as credentials-fetcher makes them."""
+    return secrets.token_hex(10)
+
+
+def validate_lease_id(lease_id: str) -> str:
+    """Accept a random lease id or a named one (start-up, ARN); anything else is refused."""
+    if LEASE_ID.match(lease_id) or NAMED_LEASE_ID.match(lease_id):
+        return lease_id
+    shown = lease_id[:64].encode("unicode_escape").decode("ascii")
+    raise InvalidRequestError(
+        f"lease id {shown!r} is not a lease id (20 lowercase hex characters, or a name of "
+        "letters, digits, '-' and '_')"
+    )
+
+
+@dataclass(frozen=True)
+class GmsaEntry:
+    """One gMSA of a lease."""
+
+    gmsa_name: str
+    domain: str
+    distinguished_name: str
+    credspec: str
+    credential_arn: str | None = None
+
+
+@dataclass(frozen=True)
+class LeaseRecord:
+    """What the metadata file says about a lease."""
+
+    lease_id: str
+    entries: tuple[GmsaEntry, ...]
+    domainless_user: str | None = None
+    ownership: Ownership = field(default_factory=Ownership)
+    write_keytab: bool = False
+    created_at: float = field(default_factory=time.time)
+    kind: str = "domain-joined"  # or "domainless", "arn"
+
+
+class LeaseStore:
+    """Lease directories under ``krb_dir``."""
+
+    def __init__(self, krb_dir: Path) -> None:
+        self.krb_dir = krb_dir
+
+    # -- paths -----------------------------------------------------------------------------
+
+    def lease_dir(self, lease_id: str) -> Path:
+        return self.krb_dir / validate_lease_id(lease_id)
+
+    def gmsa_dir(self, lease_id: str, gmsa_name: str) -> Path:
+        return self.lease_dir(lease_id) / validate_gmsa_name(gmsa_name)
+
+    def ccache_path(self, lease_id: str, gmsa_name: str) -> Path:
+        return self.gmsa_dir(lease_id, gmsa_name) / CCACHE_NAME
+
+    def metadata_path(self, lease_id: str) -> Path:
+        return self.lease_dir(lease_id) / f"{lease_id}_metadata.json"
+
+    def exists(self, lease_id: str) -> bool:
+        return self.metadata_path(lease_id).is_file()
+
+    # -- creation --------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Create krbdir (0755: containers traverse it to reach their bind-mounted directory)."""
+        try:
+            self.krb_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot create {self.krb_dir}: {exc.strerror}", path=str(self.krb_dir)
+            ) from exc
+
+    def stage(self, lease_id: str) -> Path:
+        """A fresh, private staging directory for a lease being built."""
+        validate_lease_id(lease_id)
+        staging = self.krb_dir / f"{TEMP_PREFIX}{lease_id}-{secrets.token_hex(4)}"
+        try:
+            staging.mkdir(mode=0o755)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot create {staging}: {exc.strerror}", path=str(staging)
+            ) from exc
+        return staging
+
+    @staticmethod
+    def staged_gmsa_dir(staging: Path, gmsa_name: str) -> Path:
+        path = staging / validate_gmsa_name(gmsa_name)
+        path.mkdir(mode=0o755, exist_ok=True)
+        return path
+
+    def commit(self, staging: Path, record: LeaseRecord) -> None:
+        """Write the metadata into ``staging`` and rename it to the lease directory, durably."""
+        final = self.lease_dir(record.lease_id)
+        atomic_write_bytes(
+            staging / f"{record.lease_id}_metadata.json",
+            encode_metadata(record, final),
+            Ownership(mode=0o644),
+        )
+        try:
+            os.rename(staging, final)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot publish lease {record.lease_id}: {exc.strerror}", path=str(final)
+            ) from exc
+        _fsync_dir(self.krb_dir)
+
+    def update_metadata(self, record: LeaseRecord) -> None:
+        """Rewrite an existing lease's metadata in place (atomically)."""
+        atomic_write_bytes(
+            self.metadata_path(record.lease_id),
+            encode_metadata(record, self.lease_dir(record.lease_id)),
+            Ownership(mode=0o644),
+        )
+
+    def discard(self, staging: Path) -> None:
+        """Remove a staging directory after a failed request: nothing of the lease remains."""
+        if staging.exists():
+            remove_tree_inside(self.krb_dir, staging)
+
+    # -- deletion and recovery -------------------------------------------------------------
+
+    def delete(self, lease_id: str) -> list[Path]:
+        """Remove a lease; return the ccache paths it held. Unknown id: LeaseNotFoundError."""
+        final = self.lease_dir(lease_id)
+        if not final.is_dir() or final.is_symlink():
+            raise LeaseNotFoundError(f"no lease {lease_id!r}")
+        removed = sorted(final.glob(f"*/{CCACHE_NAME}"))
+        doomed = self.krb_dir / f"{TEMP_PREFIX}del-{lease_id}-{secrets.token_hex(4)}"
+        try:
+            os.rename(final, doomed)
+        except FileNotFoundError as exc:
+            raise LeaseNotFoundError(f"no lease {lease_id!r}") from exc
+        except OSError as exc:
+            raise StorageError(
+                f"cannot remove lease {lease_id}: {exc.strerror}", path=str(final)
+            ) from exc
+        _fsync_dir(self.krb_dir)
+        remove_tree_inside(self.krb_dir, doomed)
+        return removed
+
+    def recover(self) -> list[LeaseRecord]:
+        """Clean up after a crash and return every lease found on disk.
+
+        Staging and half-deleted directories are removed; a lease directory whose metadata is
+        missing or unreadable cannot be served or renewed and is moved aside as
+        ``.cf-tmp-broken-*`` then removed, with a warning naming it.
+        """
+        self.prepare()
+        records: list[LeaseRecord] = []
+        for entry in sorted(self.krb_dir.iterdir()):
+            name = entry.name
+            if name.startswith(TEMP_PREFIX):
+                log.info("removing leftover %s from an interrupted request", entry)
+                _remove(self.krb_dir, entry)
+                continue
+            if entry.is_symlink() or not entry.is_dir():
+                continue
+            try:
+                validate_lease_id(name)
+                record = decode_metadata(self.metadata_path(name).read_bytes())
+                if record.lease_id != name:
+                    raise ValueError(f"metadata names lease {record.lease_id!r}")
+            except (InvalidRequestError, OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("removing %s: not a readable lease (%s)", entry, exc)
+                _remove(self.krb_dir, entry)
+                continue
+            for gmsa_dir in entry.iterdir():
+                if gmsa_dir.is_dir():
+                    for leftover in gmsa_dir.glob(f"{TEMP_PREFIX}*"):
+                        _remove(self.krb_dir, leftover)
+            records.append(record)
+        return records
+
+    def iter_lease_ids(self) -> Iterator[str]:
+        for entry in self.krb_dir.iterdir():
+            if (
+                not entry.name.startswith(TEMP_PREFIX)
+                and (entry / f"{entry.name}_metadata.json").is_file()
+            ):
+                yield entry.name
+
+
+def _remove(root: Path, path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        remove_tree_inside(root, path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def encode_metadata(record: LeaseRecord, lease_dir: Path) -> bytes:
+    """credentials-fetcher's metadata shape, plus a ``credfetcher`` object of our own."""
+    info = [
+        {
+            "krb_file_path": str(lease_dir / e.gmsa_name / CCACHE_NAME),
+            "service_account_name": e.gmsa_name,
+            "domain_name": e.domain,
+            "domainless_user": record.domainless_user or "",
+            "credspec_info": e.credspec,
+            "distinguished_name": e.distinguished_name,
+            "credential_arn": e.credential_arn or "",
+        }
+        for e in record.entries
+    ]
+    doc: dict[str, Any] = {
+        "krb_ticket_info": info,
+        "credfetcher": {
+            "version": METADATA_VERSION,
+            "lease_id": record.lease_id,
+            "kind": record.kind,
+            "created_at": record.created_at,
+            "write_keytab": record.write_keytab,
+            "ownership": asdict(record.ownership),
+        },
+    }
+    return json.dumps(doc, indent=2).encode()
+
+
+def decode_metadata(data: bytes) -> LeaseRecord:
+    doc = json.loads(data)
+    ours = doc["credfetcher"]
+    if ours.get("version") != METADATA_VERSION:
+        raise ValueError(f"unknown metadata version {ours.get('version')!r}")
+    entries = tuple(
+        GmsaEntry(
+            gmsa_name=validate_gmsa_name(str(i["service_account_name"])),
+            domain=str(i["domain_name"]),
+            distinguished_name=str(i.get("distinguished_name", "")),
+            credspec=str(i.get("credspec_info", "")),
+            credential_arn=str(i.get("credential_arn") or "") or None,
+        )
+        for i in doc["krb_ticket_info"]
+    )
+    users = {str(i.get("domainless_user") or "") for i in doc["krb_ticket_info"]}
+    own = ours.get("ownership") or {}
+    return LeaseRecord(
+        lease_id=validate_lease_id(str(ours["lease_id"])),
+        entries=entries,
+        domainless_user=next(iter(users - {""}), None),
+        ownership=Ownership(
+            uid=own.get("uid"), gid=own.get("gid"), mode=int(own.get("mode", 0o600))
+        ),
+        write_keytab=bool(ours.get("write_keytab", False)),
+        created_at=float(ours.get("created_at", 0.0)),
+        kind=str(ours.get("kind", "domain-joined")),
+    )

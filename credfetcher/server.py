@@ -1,0 +1,258 @@
+"""The gRPC face of the lease service: credentials-fetcher's API on a Unix socket.
+
+Each RPC validates its message, calls :class:`credfetcher.service.LeaseService`, and maps
+credfetcher's errors to gRPC status codes in one place (:func:`status_for`): the code comes from
+the error class (``grpc_code``), the message names the gMSA concerned. An unexpected exception is
+logged with its traceback and answered INTERNAL without internals. Requests are served by a
+thread pool, so one slow DC never blocks other calls or HealthCheck. The standard
+``grpc.health.v1`` service and server reflection are registered too, so ``grpc_cli ls`` works
+without a proto file.
+"""
+
+from __future__ import annotations
+
+import grp
+import logging
+import os
+from collections.abc import Callable
+from concurrent import futures
+from typing import NoReturn, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from credfetcher._proto import credentialsfetcher_pb2 as pb
+from credfetcher._proto import credentialsfetcher_pb2_grpc as pb_grpc
+from credfetcher.errors import CredfetcherError, InvalidRequestError
+from credfetcher.files import Ownership
+from credfetcher.identity import UserIdentity
+from credfetcher.service import LeaseService
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CredentialsFetcherService"].full_name
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+T = TypeVar("T")
+
+
+def status_for(exc: CredfetcherError) -> tuple[grpc.StatusCode, str]:
+    """The gRPC status and message for one of our errors."""
+    message = exc.message
+    if exc.gmsa and exc.gmsa.lower() not in message.lower():
+        message = f"gMSA {exc.gmsa}: {message}"
+    return exc.grpc_code, message
+
+
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    context.abort(code, message)
+    raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+
+def _call(context: grpc.ServicerContext, rpc: str, fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except CredfetcherError as exc:
+        code, message = status_for(exc)
+        level = logging.WARNING if code != grpc.StatusCode.INTERNAL else logging.ERROR
+        log.log(level, "%s failed: %s: %s", rpc, code.name, message, extra={"GMSA": exc.gmsa or ""})
+        _abort(context, code, message)
+    except Exception:
+        log.exception("%s failed unexpectedly", rpc)
+        _abort(context, grpc.StatusCode.INTERNAL, f"{rpc}: internal error (see the daemon's log)")
+
+
+def _ownership(service: LeaseService, msg: pb.FileOwnership, present: bool) -> Ownership | None:
+    if not present:
+        return None
+    return service.ownership_for(
+        msg.uid if msg.HasField("uid") else None,
+        msg.gid if msg.HasField("gid") else None,
+        msg.mode or None,
+    )
+
+
+def _user(username: str, password: str, domain: str) -> UserIdentity:
+    if not username:
+        raise InvalidRequestError("username is empty")
+    if not password:
+        raise InvalidRequestError("password is empty")
+    if len(username) > 256 or len(domain) > 255 or len(password) > 1024:
+        raise InvalidRequestError("username, password or domain is too long")
+    return UserIdentity.parse(username, password, domain)
+
+
+class CredentialsFetcherServicer(pb_grpc.CredentialsFetcherServiceServicer):
+    """Every RPC of credentialsfetcher.CredentialsFetcherService."""
+
+    def __init__(self, service: LeaseService) -> None:
+        self.service = service
+
+    def AddKerberosLease(
+        self, request: pb.CreateKerberosLeaseRequest, context: grpc.ServicerContext
+    ) -> pb.CreateKerberosLeaseResponse:
+        def run() -> pb.CreateKerberosLeaseResponse:
+            own = _ownership(self.service, request.ownership, request.HasField("ownership"))
+            result = self.service.add_lease(list(request.credspec_contents), ownership=own)
+            return pb.CreateKerberosLeaseResponse(
+                lease_id=result.lease_id,
+                created_kerberos_file_paths=[str(d) for d in result.directories],
+            )
+
+        return _call(context, "AddKerberosLease", run)
+
+    def AddNonDomainJoinedKerberosLease(
+        self,
+        request: pb.CreateNonDomainJoinedKerberosLeaseRequest,
+        context: grpc.ServicerContext,
+    ) -> pb.CreateNonDomainJoinedKerberosLeaseResponse:
+        def run() -> pb.CreateNonDomainJoinedKerberosLeaseResponse:
+            user = _user(request.username, request.password, request.domain)
+            own = _ownership(self.service, request.ownership, request.HasField("ownership"))
+            result = self.service.add_lease(
+                list(request.credspec_contents), user=user, ownership=own
+            )
+            return pb.CreateNonDomainJoinedKerberosLeaseResponse(
+                lease_id=result.lease_id,
+                created_kerberos_file_paths=[str(d) for d in result.directories],
+            )
+
+        return _call(context, "AddNonDomainJoinedKerberosLease", run)
+
+    def RenewNonDomainJoinedKerberosLease(
+        self,
+        request: pb.RenewNonDomainJoinedKerberosLeaseRequest,
+        context: grpc.ServicerContext,
+    ) -> pb.RenewNonDomainJoinedKerberosLeaseResponse:
+        def run() -> pb.RenewNonDomainJoinedKerberosLeaseResponse:
+            user = _user(request.username, request.password, request.domain)
+            paths = self.service.renew_domainless(user)
+            return pb.RenewNonDomainJoinedKerberosLeaseResponse(
+                renewed_kerberos_file_paths=[str(p) for p in paths]
+            )
+
+        return _call(context, "RenewNonDomainJoinedKerberosLease", run)
+
+    def DeleteKerberosLease(
+        self, request: pb.DeleteKerberosLeaseRequest, context: grpc.ServicerContext
+    ) -> pb.DeleteKerberosLeaseResponse:
+        def run() -> pb.DeleteKerberosLeaseResponse:
+            paths = self.service.delete_lease(request.lease_id)
+            return pb.DeleteKerberosLeaseResponse(
+                lease_id=request.lease_id, deleted_kerberos_file_paths=[str(p) for p in paths]
+            )
+
+        return _call(context, "DeleteKerberosLease", run)
+
+    def HealthCheck(
+        self, request: pb.HealthCheckRequest, context: grpc.ServicerContext
+    ) -> pb.HealthCheckResponse:
+        ok, message = self.service.health()
+        return pb.HealthCheckResponse(status="OK" if ok else message)
+
+    def AddKerberosArnLease(
+        self, request: pb.KerberosArnLeaseRequest, context: grpc.ServicerContext
+    ) -> pb.CreateKerberosArnLeaseResponse:
+        _abort(
+            context,
+            grpc.StatusCode.UNIMPLEMENTED,
+            "ARN leases need credfetcher's AWS support (install credfetcher[aws]); "
+            "it is not available in this build",
+        )
+
+    def RenewKerberosArnLease(
+        self, request: pb.RenewKerberosArnLeaseRequest, context: grpc.ServicerContext
+    ) -> pb.RenewKerberosArnLeaseResponse:
+        _abort(
+            context,
+            grpc.StatusCode.UNIMPLEMENTED,
+            "ARN leases need credfetcher's AWS support (install credfetcher[aws]); "
+            "it is not available in this build",
+        )
+
+    def ListLeases(
+        self, request: pb.ListLeasesRequest, context: grpc.ServicerContext
+    ) -> pb.ListLeasesResponse:
+        def run() -> pb.ListLeasesResponse:
+            return pb.ListLeasesResponse(
+                leases=[
+                    pb.LeaseInfo(
+                        lease_id=view.lease_id,
+                        domainless=view.domainless,
+                        state=view.state,
+                        tickets=[
+                            pb.GmsaTicket(
+                                service_account_name=t.gmsa,
+                                domain_name=t.domain,
+                                krb_file_path=str(t.directory),
+                                expires_at=int(t.expires_at),
+                                renew_until=int(t.renew_until),
+                                last_error=t.last_error,
+                                next_renewal_at=int(t.next_renewal_at),
+                            )
+                            for t in view.tickets
+                        ],
+                    )
+                    for view in self.service.list_leases()
+                ]
+            )
+
+        return _call(context, "ListLeases", run)
+
+
+class Server:
+    """The grpcio server bound to the Unix socket, with health and reflection."""
+
+    def __init__(self, service: LeaseService) -> None:
+        self.service = service
+        config = service.config
+        self.socket_path = config.socket_path
+        self.health = health.HealthServicer()
+        self.grpc = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=config.rpc_threads, thread_name_prefix="rpc"),
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        pb_grpc.add_CredentialsFetcherServiceServicer_to_server(
+            CredentialsFetcherServicer(service), self.grpc
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc
+        )
+
+    def start(self) -> None:
+        config = self.service.config
+        config.socket_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        # A socket left by a killed daemon would make bind fail with EADDRINUSE.
+        if self.socket_path.is_socket() or self.socket_path.is_symlink():
+            self.socket_path.unlink()
+        old_umask = os.umask(0o117)  # the socket is born 0660, never briefly world-writable
+        try:
+            self.grpc.add_insecure_port(f"unix:{self.socket_path}")
+            self.grpc.start()
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.socket_path, config.socket_mode)
+        if config.socket_group is not None:
+            os.chown(self.socket_path, -1, grp.getgrnam(config.socket_group).gr_gid)
+        self.update_health()
+
+    def update_health(self) -> bool:
+        ok, _ = self.service.health()
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ok
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        self.health.set("", status)
+        self.health.set(SERVICE_NAME, status)
+        return ok
+
+    def stop(self, grace: float) -> None:
+        """Refuse new calls, let in-flight calls finish within ``grace`` seconds."""
+        self.health.enter_graceful_shutdown()
+        self.grpc.stop(grace).wait(grace + 1)
+        self.socket_path.unlink(missing_ok=True)

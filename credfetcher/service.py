@@ -1,0 +1,423 @@
+"""The lease service: what every RPC does, independent of gRPC.
+
+Data flows one way: a request is validated here (credspecs, lease ids, identities), the
+directory and the KDC are asked through :mod:`credfetcher.accounts`, and the result is written
+through :mod:`credfetcher.leases` and :mod:`credfetcher.tickets`. A request either publishes a
+complete lease or leaves nothing behind; an error names the gMSA it concerns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from credfetcher import tickets
+from credfetcher.accounts import AccountKey, GmsaAccount, Identity
+from credfetcher.config import Config
+from credfetcher.credspec import Credspec, parse_credspec
+from credfetcher.directory import DirectoryClient, DirectoryConfig
+from credfetcher.errors import (
+    CredfetcherError,
+    DCUnavailableError,
+    InvalidRequestError,
+    KerberosError,
+    LeaseNotFoundError,
+)
+from credfetcher.files import Ownership
+from credfetcher.identity import HostIdentity, UserIdentity
+from credfetcher.keytab import write_keytab
+from credfetcher.leases import (
+    CCACHE_NAME,
+    KEYTAB_NAME,
+    GmsaEntry,
+    LeaseRecord,
+    LeaseStore,
+    new_lease_id,
+    validate_lease_id,
+)
+from credfetcher.renewal import RenewalScheduler, Target
+
+log = logging.getLogger(__name__)
+
+MAX_GMSAS_PER_LEASE = 64
+
+
+@dataclass(frozen=True)
+class LeaseResult:
+    lease_id: str
+    directories: tuple[Path, ...]
+    gmsas: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TicketView:
+    gmsa: str
+    domain: str
+    directory: Path
+    expires_at: float
+    renew_until: float
+    last_error: str
+    next_renewal_at: float
+
+
+@dataclass(frozen=True)
+class LeaseView:
+    lease_id: str
+    domainless: bool
+    state: str
+    tickets: tuple[TicketView, ...]
+
+
+class LeaseService:
+    """Creates, renews, lists and deletes leases."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Callable[[], float] = time.time,
+        directory_factory: Callable[[DirectoryConfig], DirectoryClient] = DirectoryClient,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.store = LeaseStore(config.krb_dir)
+        self.scheduler = RenewalScheduler(
+            margin=config.renew_margin,
+            orphan_after=config.orphan_after,
+            rc4=config.enable_rc4,
+            clock=clock,
+            on_orphan=self._remove_orphan,
+        )
+        self._directory_factory = directory_factory
+        self._directories: dict[str, DirectoryClient] = {}
+        self._accounts: dict[AccountKey, GmsaAccount] = {}
+        self._leases: dict[str, LeaseRecord] = {}
+        self._users: dict[tuple[str, str], UserIdentity] = {}
+        self._lock = threading.RLock()
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def directory(self, domain: str) -> DirectoryClient:
+        with self._lock:
+            client = self._directories.get(domain)
+            if client is None:
+                client = self._directory_factory(
+                    DirectoryConfig(
+                        domain=domain,
+                        domain_controllers=self.config.domain_controllers,
+                        transport=self.config.ldap_transport,
+                        ca_file=self.config.ldap_ca_file,
+                        tls_verify=self.config.ldap_tls_verify,
+                        timeout=self.config.ldap_timeout,
+                        search_base=self.config.gmsa_ou,
+                        dns_nameservers=self.config.dns_nameservers,
+                    )
+                )
+                self._directories[domain] = client
+            return client
+
+    def host_identity(self, domain: str) -> HostIdentity:
+        return HostIdentity(
+            principal=self.config.machine_principal_for(domain),
+            keytab=self.config.machine_keytab,
+        )
+
+    def account(self, spec_domain: str, gmsa: str, identity: Identity) -> GmsaAccount:
+        candidate = GmsaAccount(
+            gmsa,
+            spec_domain,
+            identity,
+            self.directory(spec_domain),
+            lifetime=self.config.ticket_lifetime,
+            renew_lifetime=self.config.renew_lifetime,
+            clock=self.clock,
+        )
+        with self._lock:
+            return self._accounts.setdefault(candidate.key, candidate)
+
+    def default_ownership(self) -> Ownership:
+        return Ownership(
+            uid=self.config.ccache_owner, gid=self.config.ccache_group, mode=self.config.ccache_mode
+        )
+
+    def ownership_for(self, uid: int | None, gid: int | None, mode: int | None) -> Ownership:
+        """Per-request ownership, falling back to the daemon-wide settings field by field."""
+        default = self.default_ownership()
+        if mode is not None and (mode & ~0o777 or mode & 0o002):
+            raise InvalidRequestError(
+                f"ownership mode {mode:#o} is not a permission mode without world-write"
+            )
+        for name, value in (("uid", uid), ("gid", gid)):
+            if value is not None and not 0 <= value < 2**32 - 1:
+                raise InvalidRequestError(f"ownership {name} {value} is out of range")
+        return Ownership(
+            uid=default.uid if uid is None else uid,
+            gid=default.gid if gid is None else gid,
+            mode=mode or default.mode,
+        )
+
+    # -- start-up --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Recover leases from disk, renew what is missing or expired, start the scheduler."""
+        records = self.store.recover()
+        now = self.clock()
+        for record in records:
+            with self._lock:
+                self._leases[record.lease_id] = record
+            for entry in record.entries:
+                target = self._target(record, entry.gmsa_name)
+                info = tickets.read_ticket_info(target.ccache)
+                fresh = info if info is not None and info.endtime > now + 60 else None
+                if record.domainless_user is not None:
+                    identity: Identity | None = None
+                    key: object = ("waiting", record.domainless_user.lower(), entry.domain)
+                    account = None
+                else:
+                    identity = self.host_identity(entry.domain)
+                    account = self.account(entry.domain, entry.gmsa_name, identity)
+                    key = account.key
+                self.scheduler.register(key, account, target, fresh)
+        log.info("recovered %d lease(s) from %s", len(records), self.config.krb_dir)
+        # Missing or expired caches are due now; renew them before serving.
+        self.scheduler.run_due()
+        self.scheduler.start()
+
+    def stop(self) -> None:
+        self.scheduler.stop()
+        with self._lock:
+            for client in self._directories.values():
+                client.close()
+
+    def _target(self, record: LeaseRecord, gmsa: str) -> Target:
+        directory = self.store.gmsa_dir(record.lease_id, gmsa)
+        return Target(
+            lease_id=record.lease_id,
+            gmsa=gmsa,
+            ccache=directory / CCACHE_NAME,
+            ownership=record.ownership,
+            keytab=directory / KEYTAB_NAME if record.write_keytab else None,
+        )
+
+    # -- RPCs ------------------------------------------------------------------------------
+
+    @staticmethod
+    def parse_credspecs(texts: Sequence[str]) -> list[Credspec]:
+        if not texts:
+            raise InvalidRequestError("credspec_contents is empty: send at least one credspec")
+        specs: dict[tuple[str, str], Credspec] = {}
+        for i, text in enumerate(texts):
+            try:
+                spec = parse_credspec(text)
+            except CredfetcherError as exc:
+                raise type(exc)(f"credspec_contents[{i}]: {exc.message}") from exc
+            # The same gMSA twice in one request (e.g. with both Scope forms) is one account.
+            specs.setdefault((spec.domain, spec.gmsa_name.lower()), spec)
+        if len(specs) > MAX_GMSAS_PER_LEASE:
+            raise InvalidRequestError(f"at most {MAX_GMSAS_PER_LEASE} gMSAs per lease")
+        return list(specs.values())
+
+    def add_lease(
+        self,
+        credspec_texts: Sequence[str],
+        *,
+        user: UserIdentity | None = None,
+        ownership: Ownership | None = None,
+        lease_id: str | None = None,
+        kind: str = "domain-joined",
+    ) -> LeaseResult:
+        """AddKerberosLease / AddNonDomainJoinedKerberosLease: all gMSAs or nothing."""
+        specs = self.parse_credspecs(credspec_texts)
+        ownership = ownership or self.default_ownership()
+        lease_id = validate_lease_id(lease_id) if lease_id else new_lease_id()
+        if self.store.exists(lease_id):
+            raise InvalidRequestError(f"lease {lease_id} already exists")
+        if user is not None:
+            kind = "domainless"
+
+        # Tickets first, in memory: a DC or KDC failure leaves nothing on disk.
+        acquired = []
+        for spec in specs:
+            identity: Identity = user if user is not None else self.host_identity(spec.domain)
+            account = self.account(spec.domain, spec.gmsa_name, identity)
+            try:
+                tgt, material = account.acquire_tgt()
+            except CredfetcherError as exc:
+                if exc.gmsa is None:
+                    exc.gmsa = spec.gmsa_name
+                if isinstance(exc, (DCUnavailableError, KerberosError)):
+                    self.scheduler.last_dc_error = exc.message
+                raise
+            self.scheduler.last_dc_success = time.monotonic()
+            self.scheduler.last_dc_error = ""
+            acquired.append((spec, account, tgt, material))
+
+        record = LeaseRecord(
+            lease_id=lease_id,
+            entries=tuple(
+                GmsaEntry(
+                    gmsa_name=spec.gmsa_name,
+                    domain=spec.domain,
+                    distinguished_name=material.dn,
+                    credspec=spec.raw,
+                    credential_arn=spec.credential_arn,
+                )
+                for spec, _, _, material in acquired
+            ),
+            domainless_user=user.label if user is not None else None,
+            ownership=ownership,
+            write_keytab=self.config.write_keytab,
+            created_at=self.clock(),
+            kind=kind,
+        )
+        self.store.prepare()
+        staging = self.store.stage(lease_id)
+        infos = []
+        try:
+            for spec, account, tgt, material in acquired:
+                gdir = self.store.staged_gmsa_dir(staging, spec.gmsa_name)
+                infos.append(tickets.store_tgt(tgt, gdir / CCACHE_NAME, ownership))
+                if record.write_keytab:
+                    write_keytab(
+                        gdir / KEYTAB_NAME,
+                        tgt.principal,
+                        account.keytab_keys(material, rc4=self.config.enable_rc4),
+                        ownership,
+                    )
+            with self.scheduler.lease_lock(lease_id):
+                self.store.commit(staging, record)
+        except BaseException:
+            self.store.discard(staging)
+            raise
+        with self._lock:
+            self._leases[lease_id] = record
+            if user is not None:
+                self._users[(user.username.lower(), user.domain.lower())] = user
+        for (spec, account, _, _), info in zip(acquired, infos, strict=True):
+            self.scheduler.register(
+                account.key, account, self._target(record, spec.gmsa_name), info
+            )
+        dirs = tuple(self.store.gmsa_dir(lease_id, s.gmsa_name) for s in specs)
+        log.info(
+            "created lease %s for %s",
+            lease_id,
+            ", ".join(s.gmsa_name for s in specs),
+            extra={"LEASE_ID": lease_id},
+        )
+        return LeaseResult(lease_id, dirs, tuple(s.gmsa_name for s in specs))
+
+    def delete_lease(self, lease_id: str) -> list[Path]:
+        """DeleteKerberosLease: remove exactly that lease; return its ccache paths."""
+        lease_id = validate_lease_id(lease_id)
+        with self.scheduler.lease_lock(lease_id):
+            self.scheduler.unregister_lease(lease_id)
+            try:
+                removed = self.store.delete(lease_id)
+            except LeaseNotFoundError:
+                with self._lock:
+                    self._leases.pop(lease_id, None)
+                raise
+        with self._lock:
+            self._leases.pop(lease_id, None)
+        log.info("deleted lease %s", lease_id, extra={"LEASE_ID": lease_id})
+        return removed
+
+    def _remove_orphan(self, lease_id: str) -> None:
+        with contextlib.suppress(LeaseNotFoundError):
+            self.delete_lease(lease_id)
+
+    def renew_domainless(self, user: UserIdentity) -> list[Path]:
+        """RenewNonDomainJoinedKerberosLease: new user credentials for that user's leases."""
+        with self._lock:
+            records = [
+                r
+                for r in self._leases.values()
+                if r.domainless_user is not None and r.domainless_user.lower() == user.label.lower()
+            ]
+            self._users[(user.username.lower(), user.domain.lower())] = user
+        renewed: list[Path] = []
+        for record in records:
+            for entry in record.entries:
+                account = self.account(entry.domain, entry.gmsa_name, user)
+                self.scheduler.move_lease(record.lease_id, account.key, account)
+                error = self.scheduler.renew_group(account.key)
+                if error is not None:
+                    if error.gmsa is None:
+                        error.gmsa = entry.gmsa_name
+                    raise error
+                renewed.append(self.store.ccache_path(record.lease_id, entry.gmsa_name))
+        return renewed
+
+    def list_leases(self) -> list[LeaseView]:
+        with self._lock:
+            records = sorted(self._leases.values(), key=lambda r: r.created_at)
+        views = []
+        for record in records:
+            tviews = []
+            states = set()
+            for entry in record.entries:
+                status = self.scheduler.status(record.lease_id, entry.gmsa_name)
+                if status is None:
+                    states.add("unknown")
+                    tviews.append(
+                        TicketView(
+                            entry.gmsa_name,
+                            entry.domain,
+                            self.store.gmsa_dir(record.lease_id, entry.gmsa_name),
+                            0,
+                            0,
+                            "",
+                            0,
+                        )
+                    )
+                    continue
+                if status.waiting_for_credentials:
+                    states.add("waiting-for-credentials")
+                elif status.last_error:
+                    states.add("failing")
+                tviews.append(
+                    TicketView(
+                        gmsa=entry.gmsa_name,
+                        domain=entry.domain,
+                        directory=self.store.gmsa_dir(record.lease_id, entry.gmsa_name),
+                        expires_at=status.endtime,
+                        renew_until=status.renew_till,
+                        last_error=status.last_error
+                        or (
+                            "waiting for RenewNonDomainJoinedKerberosLease (credentials are "
+                            "kept in memory only and were lost at restart)"
+                            if status.waiting_for_credentials
+                            else ""
+                        ),
+                        next_renewal_at=status.next_attempt,
+                    )
+                )
+            state = next(
+                (s for s in ("waiting-for-credentials", "failing", "unknown") if s in states),
+                "active",
+            )
+            views.append(
+                LeaseView(record.lease_id, record.domainless_user is not None, state, tuple(tviews))
+            )
+        return views
+
+    def health(self) -> tuple[bool, str]:
+        """ "OK" only when the renewal loop is alive and the last DC/KDC exchange succeeded."""
+        problems = []
+        if not self.scheduler.alive(max_age=60.0):
+            problems.append("renewal loop is not running")
+        failing = self.scheduler.failing_groups()
+        if failing:
+            principal, error = failing[0]
+            more = f" (+{len(failing) - 1} more)" if len(failing) > 1 else ""
+            problems.append(f"renewal failing for {principal}{more}: {error}")
+        elif self.scheduler.last_dc_error:
+            problems.append(f"domain controller unreachable: {self.scheduler.last_dc_error}")
+        if problems:
+            return False, "; ".join(problems)
+        return True, "OK"
