@@ -234,7 +234,8 @@ start_dc() {
     mkdir -p /run/samba
     # -i keeps samba in the foreground so the pid we record is the one to stop; setsid detaches it
     # from the caller's terminal and process group.
-    setsid samba -s "$STATE/etc/smb.conf" -i -M single </dev/null >"$STATE/log/samba.out" 2>&1 &
+    # 9>&-: samba must not inherit the lock of with_lock, or it would hold it for its lifetime.
+    setsid samba -s "$STATE/etc/smb.conf" -i -M single </dev/null >"$STATE/log/samba.out" 2>&1 9>&- &
     echo $! >"$STATE/samba.pid"
 }
 
