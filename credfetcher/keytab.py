@@ -1,0 +1,73 @@
+"""Keytabs for gMSA acceptors (SQL Server on Linux, Apache, sshd...): MIT ``FILE:`` format.
+
+The entries are written by MIT's own keytab code through pykrb5 (``kt_resolve`` + ``kt_add_entry``)
+into a temp file from :func:`credfetcher.files.atomic_target`, then renamed into place, so a
+service never reads a half-written keytab. Current keys go in at the directory's kvno and the
+previous password's keys at kvno - 1: service tickets issued just before a password change carry
+the old kvno and must still decrypt (RFC 4120 §5.3, the ``kvno`` of EncryptedData).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import krb5
+
+from credfetcher.blob import ManagedPassword
+from credfetcher.errors import StorageError
+from credfetcher.files import Ownership, atomic_target
+from credfetcher.keys import KerberosKey, derive_keys
+
+__all__ = ["keys_for_keytab", "write_keytab"]
+
+# MIT's keytab file starts with a 2-byte big-endian format version, 0x0502 (KRB5_KT_VNO). MIT
+# only writes it when *it* creates the file; our temp file already exists (created O_EXCL with the
+# final mode by files.atomic_target), and MIT rejects an existing empty file with
+# KRB5_KEYTAB_BADVNO. Writing these two bytes is the only part of the format done by hand.
+_KEYTAB_VNO = b"\x05\x02"
+
+
+def keys_for_keytab(
+    mp: ManagedPassword,
+    realm: str,
+    sam_account_name: str,
+    kvno: int,
+    *,
+    rc4: bool = False,
+    salt: bytes | None = None,
+) -> list[KerberosKey]:
+    """Keys of the current password at ``kvno``, then of the previous one at ``kvno - 1``.
+
+    The previous password's keys are left out when there is none, or when ``kvno`` is 1 (no
+    earlier version exists, and kvno 0 means "any version" to keytab lookups). ``salt`` as in
+    :func:`credfetcher.keys.derive_keys`.
+    """
+    keys = derive_keys(mp.current, realm, sam_account_name, kvno, rc4=rc4, salt=salt)
+    if mp.previous is not None and kvno > 1:
+        keys += derive_keys(mp.previous, realm, sam_account_name, kvno - 1, rc4=rc4, salt=salt)
+    return keys
+
+
+def write_keytab(
+    path: Path, principal: str, keys: Iterable[KerberosKey], ownership: Ownership
+) -> None:
+    """Replace ``path`` atomically with a keytab holding ``keys`` for ``principal``.
+
+    ``principal`` is the full name, e.g. ``webapp01$@CREDFETCHER.TEST``; each key carries its own
+    kvno. The file gets ``ownership`` (mode, owner, group) before it appears under ``path``.
+    """
+    timestamp = int(time.time())
+    with atomic_target(path, ownership) as tmp:
+        try:
+            tmp.write_bytes(_KEYTAB_VNO)
+            # A context per call: krb5 contexts must not be shared between threads.
+            ctx = krb5.init_context()
+            keytab = krb5.kt_resolve(ctx, b"FILE:" + bytes(tmp))
+            client = krb5.parse_name_flags(ctx, principal.encode())
+            for key in keys:
+                keyblock = krb5.init_keyblock(ctx, key.enctype, key.contents)
+                krb5.kt_add_entry(ctx, keytab, client, key.kvno, timestamp, keyblock)
+        except (OSError, krb5.Krb5Error) as exc:
+            raise StorageError(f"cannot write keytab {path}: {exc}", path=str(path)) from exc
