@@ -1,0 +1,282 @@
+"""In-process Kerberos: a gMSA's TGT from its password or keys, renewal, and FILE ccaches.
+
+Everything goes through libkrb5 via pykrb5, inside this process: no ``kinit`` subprocess, no
+password on a pipe or in argv, no ``KRB5CCNAME`` in the environment. The KDC is found the usual
+way (``KRB5_CONFIG`` / ``/etc/krb5.conf``), read when each krb5 context is created.
+
+Thread safety: a krb5 context must not be used by two threads at once, so every function creates
+its own. A :class:`Tgt` holds no context at all: it keeps the credentials serialised in MIT's
+ccache (v4) credential format (``marshal_credentials``, MIT >= 1.20), so any number of threads can
+store or renew the same Tgt concurrently.
+
+The AS exchange is RFC 4120 §3.1 (with the KDC's PA-ETYPE-INFO2 salt, §5.2.7.5); renewal is a TGS
+exchange with the RENEW option (§3.3, KDC option ``renew``).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import krb5
+
+from credfetcher import metrics
+from credfetcher.errors import KerberosError, KeyRejectedError, StorageError, UnsupportedError
+from credfetcher.files import Ownership, atomic_target
+from credfetcher.keys import KerberosKey
+
+__all__ = [
+    "Tgt",
+    "TicketInfo",
+    "acquire_tgt",
+    "gmsa_principal",
+    "kdc_salt",
+    "read_ticket_info",
+    "renew_tgt",
+    "store_tgt",
+]
+
+# MIT com_err codes (krb5_err.h): the protocol's KDC error n is _KRB5_BASE + n (RFC 4120 §7.5.9).
+_KRB5_BASE = -1765328384
+_C_PRINCIPAL_UNKNOWN = _KRB5_BASE + 6
+_ETYPE_NOSUPP = _KRB5_BASE + 14
+_CLIENT_REVOKED = _KRB5_BASE + 18
+_KEY_EXPIRED = _KRB5_BASE + 23
+_KDC_PREAUTH_FAILED = _KRB5_BASE + 24
+_BAD_INTEGRITY = _KRB5_BASE + 31
+_CLOCK_SKEW = _KRB5_BASE + 37
+_MODIFIED = _KRB5_BASE + 41
+_REALM_UNKNOWN = _KRB5_BASE + 154
+_KDC_UNREACH = _KRB5_BASE + 156
+_GENERIC_PREAUTH_FAILED = _KRB5_BASE + 210
+_REALM_CANT_RESOLVE = _KRB5_BASE + 220
+
+# The KDC refused our key or password: preauthentication (encrypted timestamp) failed at the KDC,
+# or the AS-REP did not decrypt with our key on our side.
+_KEY_REJECTED = frozenset({_KDC_PREAUTH_FAILED, _GENERIC_PREAUTH_FAILED, _BAD_INTEGRITY, _MODIFIED})
+_CLIENT_PROBLEMS = {
+    _C_PRINCIPAL_UNKNOWN: "is unknown to the KDC (no such account in the realm)",
+    _CLIENT_REVOKED: "has revoked credentials (account disabled, locked out or expired; "
+    "gMSAs created by samba-tool start disabled)",
+    _KEY_EXPIRED: "has an expired password",
+    _ETYPE_NOSUPP: "has no key of an encryption type both sides support",
+    _CLOCK_SKEW: "cannot authenticate: the clock differs too much from the KDC's",
+}
+_UNREACHABLE = frozenset({_KDC_UNREACH, _REALM_UNKNOWN, _REALM_CANT_RESOLVE})
+
+
+@dataclass(frozen=True)
+class TicketInfo:
+    """What a TGT is good for: client principal and its times (Unix seconds, RFC 4120 §5.3)."""
+
+    principal: str
+    starttime: int
+    endtime: int
+    renew_till: int
+
+
+@dataclass(frozen=True)
+class Tgt:
+    """A TGT held in memory, ready to be stored into any number of ccache files.
+
+    ``marshalled`` is the credential (ticket *and session key*) in MIT's ccache v4 credential
+    format: secret, opaque, and kept out of ``repr``.
+    """
+
+    info: TicketInfo
+    marshalled: bytes = field(repr=False, compare=False)
+
+    @property
+    def principal(self) -> str:
+        """The client principal, e.g. ``webapp01$@CREDFETCHER.TEST``."""
+        return self.info.principal
+
+
+def gmsa_principal(name: str, realm: str) -> str:
+    """``NAME$@REALM`` for a gMSA name given with or without its ``$`` (realm upper-cased)."""
+    return f"{name.removesuffix('$')}$@{realm.upper()}"
+
+
+def _marshal(ctx: krb5.Context, creds: krb5.Creds) -> bytes:
+    try:
+        marshal = krb5.marshal_credentials
+    except AttributeError as exc:  # pragma: no cover - Heimdal or MIT < 1.20
+        raise UnsupportedError("credfetcher needs MIT krb5 >= 1.20 (marshal_credentials)") from exc
+    return marshal(ctx, creds)
+
+
+def _unmarshal(ctx: krb5.Context, data: bytes) -> krb5.Creds:
+    try:
+        unmarshal = krb5.unmarshal_credentials
+    except AttributeError as exc:  # pragma: no cover - Heimdal or MIT < 1.20
+        raise UnsupportedError(
+            "credfetcher needs MIT krb5 >= 1.20 (unmarshal_credentials)"
+        ) from exc
+    return unmarshal(ctx, data)
+
+
+def _info(ctx: krb5.Context, creds: krb5.Creds) -> TicketInfo:
+    times = creds.times
+    return TicketInfo(
+        principal=krb5.unparse_name_flags(ctx, creds.client).decode("utf-8", "replace"),
+        # starttime is optional in the ticket (RFC 4120 §5.3): absent means "from authtime".
+        starttime=times.starttime or times.authtime,
+        endtime=times.endtime,
+        renew_till=times.renew_till,
+    )
+
+
+def _tgt(ctx: krb5.Context, creds: krb5.Creds) -> Tgt:
+    return Tgt(info=_info(ctx, creds), marshalled=_marshal(ctx, creds))
+
+
+def _kerberos_error(exc: krb5.Krb5Error, principal: str, action: str) -> KerberosError:
+    """Translate a krb5 error into the project's error tree (messages never carry secrets)."""
+    code = exc.err_code
+    if code in _KEY_REJECTED:
+        return KeyRejectedError(
+            f"{action} for {principal}: the KDC rejected the key ({exc})",
+            principal=principal,
+            code=code,
+        )
+    if code in _CLIENT_PROBLEMS:
+        return KerberosError(
+            f"{action} for {principal}: {principal} {_CLIENT_PROBLEMS[code]} ({exc})",
+            principal=principal,
+            code=code,
+        )
+    if code in _UNREACHABLE:
+        return KerberosError(
+            f"{action} for {principal}: no KDC reachable for the realm ({exc})",
+            principal=principal,
+            code=code,
+        )
+    return KerberosError(f"{action} for {principal}: {exc}", principal=principal, code=code)
+
+
+def acquire_tgt(
+    principal: str,
+    *,
+    password: bytes | None = None,
+    keys: Sequence[KerberosKey] | None = None,
+    lifetime: int | None = None,
+    renew_lifetime: int | None = None,
+) -> Tgt:
+    """A TGT for ``principal`` from its UTF-8 ``password`` or from its long-term ``keys``.
+
+    Give exactly one of the two. ``password`` is :func:`credfetcher.keys.password_to_utf8` of the
+    managed password (libkrb5 then salts it with the KDC's ETYPE-INFO2 salt). ``keys`` go into a
+    private MEMORY: keytab (never a file) and are used directly; the highest kvno per enctype is
+    used, so pass only the keys to authenticate with. Keys are the faster path (~15 ms against
+    ~22 ms: no string-to-key). ``lifetime`` and ``renew_lifetime`` (seconds) are requests; the KDC
+    may shorten them, and without ``renew_lifetime`` the krb5.conf default applies.
+
+    Raises KeyRejectedError when the KDC refuses the password/keys, KerberosError otherwise.
+    """
+    if (password is None) == (keys is None):
+        raise ValueError("acquire_tgt needs exactly one of password= or keys=")
+    ctx = krb5.init_context()
+    try:
+        client = krb5.parse_name_flags(ctx, principal.encode())
+        opt = krb5.get_init_creds_opt_alloc(ctx)
+        if lifetime is not None:
+            krb5.get_init_creds_opt_set_tkt_life(opt, lifetime)
+        if renew_lifetime is not None:
+            krb5.get_init_creds_opt_set_renew_life(opt, renew_lifetime)
+        if keys is not None:
+            # A random MEMORY: name: MIT's memory keytabs are process-wide by name, and another
+            # thread may be doing the same for another gMSA. Freed when `keytab` is closed.
+            keytab = krb5.kt_resolve(ctx, b"MEMORY:credfetcher-" + secrets.token_hex(16).encode())
+            for key in keys:
+                keyblock = krb5.init_keyblock(ctx, key.enctype, key.contents)
+                krb5.kt_add_entry(ctx, keytab, client, key.kvno, 0, keyblock)
+            metrics.inc(metrics.AS_EXCHANGES, principal)
+            creds = krb5.get_init_creds_keytab(ctx, client, opt, keytab)
+        else:
+            metrics.inc(metrics.AS_EXCHANGES, principal)
+            creds = krb5.get_init_creds_password(ctx, client, opt, password=password)
+    except krb5.Krb5Error as exc:
+        raise _kerberos_error(exc, principal, "cannot get a TGT") from exc
+    return _tgt(ctx, creds)
+
+
+def renew_tgt(tgt: Tgt) -> Tgt:
+    """Renew ``tgt`` with a TGS exchange (RFC 4120 §3.3.3, the ``renew`` KDC option).
+
+    No password or key is involved; the ticket must be renewable and not past ``renew_till``.
+    """
+    ctx = krb5.init_context()
+    try:
+        creds = _unmarshal(ctx, tgt.marshalled)
+        # get_renewed_creds reads the TGT from a ccache: a private MEMORY: one, destroyed after.
+        ccache = krb5.cc_new_unique(ctx, b"MEMORY")
+        try:
+            krb5.cc_initialize(ctx, ccache, creds.client)
+            krb5.cc_store_cred(ctx, ccache, creds)
+            metrics.inc(metrics.TGS_RENEWALS, tgt.principal)
+            renewed = krb5.get_renewed_creds(ctx, creds.client, ccache)
+        finally:
+            krb5.cc_destroy(ctx, ccache)
+    except krb5.Krb5Error as exc:
+        raise _kerberos_error(exc, tgt.principal, "cannot renew the TGT") from exc
+    return _tgt(ctx, renewed)
+
+
+def store_tgt(tgt: Tgt, path: Path, ownership: Ownership) -> TicketInfo:
+    """Write ``tgt`` as a FILE ccache at ``path`` atomically, with ``ownership``; return its info.
+
+    libkrb5 writes a temp file next to ``path`` (files.atomic_target), which is then renamed over
+    the old ccache: readers, including containers that bind-mount the directory, see the old
+    cache or the new one, never a partial one.
+    """
+    with atomic_target(path, ownership) as tmp:
+        ctx = krb5.init_context()
+        try:
+            creds = _unmarshal(ctx, tgt.marshalled)
+            ccache = krb5.cc_resolve(ctx, b"FILE:" + bytes(tmp))
+            krb5.cc_initialize(ctx, ccache, creds.client)
+            krb5.cc_store_cred(ctx, ccache, creds)
+        except krb5.Krb5Error as exc:
+            raise StorageError(f"cannot write ccache {path}: {exc}", path=str(path)) from exc
+    return tgt.info
+
+
+def read_ticket_info(path: Path) -> TicketInfo | None:
+    """The TGT in the FILE ccache at ``path``, or None if missing, unreadable or TGT-less.
+
+    The TGT is the ``krbtgt/REALM@REALM`` ticket of the cache's client realm; ccache config
+    entries (``X-CACHECONF:``) and service tickets are skipped.
+    """
+    ctx = krb5.init_context()
+    try:
+        ccache = krb5.cc_resolve(ctx, b"FILE:" + bytes(path))
+        # Iterate to the end before looking: pykrb5 only ends the sequence (closing the file MIT
+        # opened for it) when iteration finishes; returning mid-loop leaked one fd per call.
+        entries = list(ccache)
+        for creds in entries:
+            client_realm = creds.client.realm
+            server = creds.server
+            if server.realm == client_realm and server.components == [b"krbtgt", client_realm]:
+                return _info(ctx, creds)
+    except krb5.Krb5Error:
+        return None
+    return None
+
+
+def kdc_salt(principal: str) -> bytes | None:
+    """The AES salt the KDC advertises for ``principal`` (PA-ETYPE-INFO2, RFC 4120 §5.2.7.5).
+
+    One AS exchange without preauthentication; no secret is involved. None when the KDC sends no
+    salt (then the default salt applies). Use it with :func:`credfetcher.keys.derive_keys` where
+    keys must match the KDC's exactly (keytabs for acceptors).
+    """
+    ctx = krb5.init_context()
+    try:
+        client = krb5.parse_name_flags(ctx, principal.encode())
+        metrics.inc(metrics.AS_EXCHANGES, principal)
+        info = krb5.get_etype_info(ctx, client)
+    except krb5.Krb5Error as exc:
+        raise _kerberos_error(exc, principal, "cannot ask the KDC for the salt") from exc
+    return info.salt
