@@ -68,7 +68,7 @@ class Config:
     renew_lifetime: int = 7 * 24 * 3600
     renew_margin: int = 2 * 3600
     orphan_after: int = 7 * 24 * 3600
-    rpc_threads: int = 16
+    rpc_threads: int = 64
     log_level: str = "INFO"
     aws_sm_secret_name: str | None = None
     metrics_address: str | None = None

@@ -75,7 +75,8 @@ def read_env_file(path: Path) -> dict[str, str]:
         if not line or line.startswith("#") or "=" not in line:
             continue
         key, _, value = line.partition("=")
-        values[key] = value
+        # Values are single-quoted so the file can be sourced by a shell; none contains a quote.
+        values[key] = value.strip("'")
     return values
 
 

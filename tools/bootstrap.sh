@@ -12,7 +12,9 @@ PY=${PYTHON:-python3}
 [ "$(id -u)" = 0 ] || { echo "bootstrap: run as root (installs packages, provisions a test DC)" >&2; exit 1; }
 
 docker/samba-ad/samba-ad.sh deps
-build_pkgs=(libkrb5-dev libsystemd-dev pkg-config gcc systemd rpm rpmlint)
+# rpm/rpmlint/cpio and the system Python's pip/setuptools/wheel: packaging/rpm/build.sh and its test.
+build_pkgs=(libkrb5-dev libsystemd-dev pkg-config gcc systemd rpm rpmlint cpio util-linux
+    python3-pip python3-setuptools python3-wheel python3-packaging)
 missing=()
 for p in "${build_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -1,0 +1,277 @@
+"""The daemon end to end: a generated gRPC client, real tickets, bad input, restart, concurrency."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from credfetcher._proto import credentialsfetcher_pb2 as pb
+from tests.conftest import TestDC
+from tests.integration.daemon import Daemon, daemon_env, running_daemon
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every path under ``root`` with a digest of its bytes (directories as "dir")."""
+    out: dict[str, str] = {}
+    if not root.exists():
+        return out
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        out[rel] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def assert_valid_ccache(daemon: Daemon, ccache: Path, gmsa: str) -> None:
+    proc = daemon.klist(ccache)
+    assert proc.returncode == 0, proc.stderr
+    assert f"Default principal: {gmsa}$@{daemon.dc.realm}" in proc.stdout
+    assert f"krbtgt/{daemon.dc.realm}@{daemon.dc.realm}" in proc.stdout
+
+
+@pytest.fixture
+def daemon(samba_dc: TestDC, tmp_path: Path) -> Iterator[Daemon]:
+    with running_daemon(samba_dc, tmp_path / "d") as d:
+        yield d
+
+
+def test_lease_for_two_gmsas_then_delete_exactly_it(daemon: Daemon) -> None:
+    g1, g2 = daemon.dc.gmsas[:2]
+    other = daemon.add(daemon.dc.gmsas[2])
+    resp = daemon.add(g1, g2)
+    assert len(resp.lease_id) == 20
+    assert int(resp.lease_id, 16) >= 0
+    assert resp.created_kerberos_file_paths == [
+        str(daemon.krb_dir / resp.lease_id / g) for g in (g1, g2)
+    ]
+    for gmsa, directory in zip((g1, g2), resp.created_kerberos_file_paths, strict=True):
+        assert_valid_ccache(daemon, Path(directory) / "krb5cc", gmsa)
+    meta = json.loads(
+        (daemon.krb_dir / resp.lease_id / f"{resp.lease_id}_metadata.json").read_text()
+    )
+    assert [i["service_account_name"] for i in meta["krb_ticket_info"]] == [g1, g2]
+    assert all(i["distinguished_name"].startswith("CN=") for i in meta["krb_ticket_info"])
+
+    with daemon.client() as stub:
+        deleted = stub.DeleteKerberosLease(pb.DeleteKerberosLeaseRequest(lease_id=resp.lease_id))
+        assert deleted.lease_id == resp.lease_id
+        assert sorted(deleted.deleted_kerberos_file_paths) == sorted(
+            f"{d}/krb5cc" for d in resp.created_kerberos_file_paths
+        )
+        listed = stub.ListLeases(pb.ListLeasesRequest())
+    assert not (daemon.krb_dir / resp.lease_id).exists()
+    assert (daemon.krb_dir / other.lease_id).is_dir()
+    assert [lease.lease_id for lease in listed.leases] == [other.lease_id]
+
+
+BAD_CREDSPECS = {
+    "malformed JSON": ("{not json", grpc.StatusCode.INVALID_ARGUMENT, "not valid JSON"),
+    "no gMSA": (
+        '{"DomainJoinConfig": {"DnsName": "credfetcher.test"}, '
+        '"ActiveDirectoryConfig": {"GroupManagedServiceAccounts": []}}',
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "names no gMSA",
+    ),
+    "traversal": (None, grpc.StatusCode.INVALID_ARGUMENT, "does not allow"),
+    "1 MiB": ("x" * (1 << 20), grpc.StatusCode.INVALID_ARGUMENT, "at most"),
+    "unknown gMSA": (None, grpc.StatusCode.NOT_FOUND, "nosuchgmsa"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CREDSPECS))
+def test_bad_credspecs_change_nothing(daemon: Daemon, case: str) -> None:
+    daemon.add(daemon.dc.gmsas[0])
+    before = tree_digest(daemon.krb_dir)
+    text, code, needle = BAD_CREDSPECS[case]
+    if case == "traversal":
+        text = daemon.credspec("../x")
+    elif case == "unknown gMSA":
+        text = daemon.credspec("nosuchgmsa")
+    assert text is not None
+    with daemon.client() as stub, pytest.raises(grpc.RpcError) as info:
+        stub.AddKerberosLease(
+            pb.CreateKerberosLeaseRequest(
+                credspec_contents=[daemon.credspec(daemon.dc.gmsas[1]), text]
+            ),
+            timeout=60,
+        )
+    assert info.value.code() == code
+    assert needle in (info.value.details() or "")
+    assert tree_digest(daemon.krb_dir) == before
+
+
+@pytest.mark.parametrize(
+    ("lease_id", "code"),
+    [
+        ("../..", grpc.StatusCode.INVALID_ARGUMENT),
+        ("..", grpc.StatusCode.INVALID_ARGUMENT),
+        ("/etc", grpc.StatusCode.INVALID_ARGUMENT),
+        ("", grpc.StatusCode.INVALID_ARGUMENT),
+        ("a\x00b", grpc.StatusCode.INVALID_ARGUMENT),
+        ("0123456789abcdef0123", grpc.StatusCode.NOT_FOUND),
+    ],
+)
+def test_bad_lease_ids_change_nothing(daemon: Daemon, lease_id: str, code: grpc.StatusCode) -> None:
+    daemon.add(daemon.dc.gmsas[0])
+    before = tree_digest(daemon.krb_dir)
+    parent_before = sorted(p.name for p in daemon.krb_dir.parent.iterdir())
+    with daemon.client() as stub, pytest.raises(grpc.RpcError) as info:
+        stub.DeleteKerberosLease(pb.DeleteKerberosLeaseRequest(lease_id=lease_id))
+    assert info.value.code() == code
+    assert "lease" in (info.value.details() or "")
+    assert tree_digest(daemon.krb_dir) == before
+    assert sorted(p.name for p in daemon.krb_dir.parent.iterdir()) == parent_before
+
+
+def test_sigkill_restart_recovers_every_lease(daemon: Daemon) -> None:
+    made = [daemon.add(g).lease_id for g in daemon.dc.gmsas]
+    # One cache lost while the daemon was down must be re-created at start-up.
+    lost = daemon.krb_dir / made[0] / daemon.dc.gmsas[0] / "krb5cc"
+    daemon.kill()
+    lost.unlink()
+    daemon.start()
+    with daemon.client() as stub:
+        listed = stub.ListLeases(pb.ListLeasesRequest())
+    assert sorted(lease.lease_id for lease in listed.leases) == sorted(made)
+    for lease in listed.leases:
+        for ticket in lease.tickets:
+            assert ticket.expires_at > time.time() + 60
+            assert_valid_ccache(
+                daemon, Path(ticket.krb_file_path) / "krb5cc", ticket.service_account_name
+            )
+
+
+def test_concurrent_adds_while_health_answers(daemon: Daemon) -> None:
+    stop = threading.Event()
+    health_latencies: list[float] = []
+    health_errors: list[str] = []
+
+    def poll_health() -> None:
+        with daemon.client() as stub:
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    status = stub.HealthCheck(pb.HealthCheckRequest(), timeout=5).status
+                    if status != "OK":
+                        health_errors.append(status)
+                except grpc.RpcError as exc:
+                    health_errors.append(str(exc.code()))
+                health_latencies.append(time.monotonic() - started)
+                time.sleep(0.02)
+
+    poller = threading.Thread(target=poll_health)
+    poller.start()
+    try:
+        gmsas = daemon.dc.gmsas
+        with ThreadPoolExecutor(max_workers=32) as pool:
+            results = list(pool.map(lambda i: daemon.add(gmsas[i % len(gmsas)]), range(32)))
+    finally:
+        stop.set()
+        poller.join()
+    ids = [r.lease_id for r in results]
+    assert len(set(ids)) == 32
+    assert health_errors == []
+    assert len(health_latencies) >= 5
+    assert max(health_latencies) < 0.1, sorted(health_latencies)[-5:]
+    for r in results:
+        assert (Path(r.created_kerberos_file_paths[0]) / "krb5cc").stat().st_size > 0
+
+
+def test_grpc_health_and_reflection_are_served(daemon: Daemon) -> None:
+    with daemon.channel() as ch:
+        status = health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(service="credentialsfetcher.CredentialsFetcherService"),
+            timeout=5,
+        )
+        assert status.status == health_pb2.HealthCheckResponse.SERVING
+        responses = reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+        )
+        names = {s.name for r in responses for s in r.list_services_response.service}
+    assert "credentialsfetcher.CredentialsFetcherService" in names
+
+
+def test_socket_mode_and_arn_unimplemented(daemon: Daemon) -> None:
+    assert daemon.socket_path.stat().st_mode & 0o777 == 0o660
+    with daemon.client() as stub, pytest.raises(grpc.RpcError) as info:
+        stub.AddKerberosArnLease(pb.KerberosArnLeaseRequest(credspec_arns=["arn:aws:s3:::b/k"]))
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "credfetcher[aws]" in (info.value.details() or "")
+
+
+def test_domainless_lease_and_renew(daemon: Daemon) -> None:
+    dc = daemon.dc
+    with daemon.client() as stub:
+        resp = stub.AddNonDomainJoinedKerberosLease(
+            pb.CreateNonDomainJoinedKerberosLeaseRequest(
+                credspec_contents=[daemon.credspec(dc.gmsas[0])],
+                username=dc.user,
+                password=dc.user_password,
+                domain=dc.domain,
+            ),
+            timeout=60,
+        )
+        ccache = Path(resp.created_kerberos_file_paths[0]) / "krb5cc"
+        assert_valid_ccache(daemon, ccache, dc.gmsas[0])
+        renewed = stub.RenewNonDomainJoinedKerberosLease(
+            pb.RenewNonDomainJoinedKerberosLeaseRequest(
+                username=dc.user, password=dc.user_password, domain=dc.domain
+            ),
+            timeout=60,
+        )
+        assert list(renewed.renewed_kerberos_file_paths) == [str(ccache)]
+        with pytest.raises(grpc.RpcError) as info:
+            stub.AddNonDomainJoinedKerberosLease(
+                pb.CreateNonDomainJoinedKerberosLeaseRequest(
+                    credspec_contents=[daemon.credspec(dc.gmsas[0])],
+                    username=dc.user,
+                    password="wrong-password",
+                    domain=dc.domain,
+                ),
+                timeout=60,
+            )
+        assert info.value.code() in {
+            grpc.StatusCode.UNAUTHENTICATED,
+            grpc.StatusCode.PERMISSION_DENIED,
+        }
+    # The user's password appears nowhere the daemon writes text.
+    assert dc.user_password not in daemon.log()
+    for meta in daemon.krb_dir.rglob("*_metadata.json"):
+        assert dc.user_password not in meta.read_text()
+
+
+def test_check_config_names_the_bad_setting(samba_dc: TestDC, tmp_path: Path) -> None:
+    env = daemon_env(samba_dc, tmp_path, CF_CCACHE_MODE="0666")
+    proc = subprocess.run(
+        [sys.executable, "-m", "credfetcher.daemon", "--check-config"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "CF_CCACHE_MODE" in proc.stderr
+    env = daemon_env(samba_dc, tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "credfetcher.daemon", "--check-config"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "CF_KRB_DIR" in proc.stdout
+    assert str(tmp_path / "krbdir") in proc.stdout
