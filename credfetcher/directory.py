@@ -45,6 +45,7 @@ Timeouts and failover
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import logging
@@ -397,11 +398,12 @@ class _Slot:
 class _AttemptFailed(Exception):
     """One endpoint did not work; ``timed_out`` skips the DC's other transports."""
 
-    def __init__(self, reason: str, *, timed_out: bool = False, bind: bool = False,
-                 layer: bool = False) -> None:
+    def __init__(self, reason: str, *, timed_out: bool = False, unreachable: bool = False,
+                 bind: bool = False, layer: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.timed_out = timed_out
+        self.unreachable = unreachable or timed_out
         self.bind = bind
         self.layer = layer
 
@@ -436,9 +438,10 @@ class DirectoryClient:
         self._lock = threading.Lock()
         self._slots: dict[tuple[_Endpoint, tuple[str, str, str]], _Slot] = {}
         self._dn_cache: dict[tuple[str, str], str] = {}
-        self._down_until: dict[str, float] = {}
-        self._no_seal: set[str] = set()
-        self._preferred: str | None = None
+        # Keyed by the DC entry, not the host: one host may be listed twice with other ports.
+        self._down_until: dict[DomainController, float] = {}
+        self._no_seal: set[DomainController] = set()
+        self._preferred: DomainController | None = None
         self._discovered: tuple[float, list[DomainController]] | None = None
         self._binds = 0
         self._searches = 0
@@ -489,16 +492,18 @@ class DirectoryClient:
                     )
                     if exc.bind:
                         bind_failures.append(endpoint.host)
-                    if exc.layer:
-                        with self._lock:
-                            self._no_seal.add(dc.host)
+                    with self._lock:
+                        if exc.layer:
+                            self._no_seal.add(dc)
+                        if exc.unreachable:
+                            self._down_until[dc] = self._clock() + _DOWN_FOR
                     if exc.timed_out or exc.bind:
                         # A DC that hangs would hang on 636 too; a refused identity stays refused.
                         break
                     continue
                 with self._lock:
-                    self._preferred = dc.host
-                    self._down_until.pop(dc.host, None)
+                    self._preferred = dc
+                    self._down_until.pop(dc, None)
                 return record
         with self._lock:
             self._discovered = None  # the next request asks DNS again
@@ -539,10 +544,10 @@ class DirectoryClient:
         dcs = list(self.config.domain_controllers) or self._discovered_dcs()
         now = self._clock()
         with self._lock:
-            down = {host for host, until in self._down_until.items() if until > now}
+            down = {dc for dc, until in self._down_until.items() if until > now}
             preferred = self._preferred
         # Stable sort: healthy before recently-down, the last DC that worked first, else as given.
-        return sorted(dcs, key=lambda dc: (dc.host in down, dc.host != preferred))
+        return sorted(dcs, key=lambda dc: (dc in down, dc != preferred))
 
     def _discovered_dcs(self) -> list[DomainController]:
         now = self._clock()
@@ -577,7 +582,7 @@ class DirectoryClient:
         if dc.port is not None:
             return [tls(dc.port)] if dc.port == LDAPS_PORT else [seal(dc.port)]
         with self._lock:
-            seal_refused = dc.host in self._no_seal
+            seal_refused = dc in self._no_seal
         return [tls(None)] if seal_refused else [seal(None), tls(None)]
 
     # -- one endpoint ---------------------------------------------------------------------
@@ -647,8 +652,8 @@ class DirectoryClient:
             bound = conn.bind(read_server_info=False)
         except ldap_exc.LDAPCommunicationError as exc:
             _quiet_close(conn)
-            self._mark_down(endpoint)
-            raise _AttemptFailed(_describe(exc), timed_out=isinstance(exc, TimeoutError)) from exc
+            raise _AttemptFailed(_describe(exc), timed_out=isinstance(exc, TimeoutError),
+                                 unreachable=True) from exc
         except _GssapiBindFailed as exc:
             _quiet_close(conn)
             raise _AttemptFailed(str(exc), layer=exc.kind == "layer",
@@ -688,10 +693,6 @@ class DirectoryClient:
             return _AttemptFailed(f"no KDC reachable for a service ticket ({text})")
         self._creds.forget(identity)
         return _AttemptFailed(f"Kerberos failed for {identity.label}: {text}", bind=True)
-
-    def _mark_down(self, endpoint: _Endpoint) -> None:
-        with self._lock:
-            self._down_until[endpoint.host] = self._clock() + _DOWN_FOR
 
     def _lookup(self, conn: Any, endpoint: _Endpoint, identity: Identity, sam: str) -> GmsaRecord:
         base = self.config.base_dn
@@ -812,9 +813,16 @@ def _attr(attrs: Mapping[str, Sequence[bytes]], name: str) -> Sequence[bytes]:
 def _quiet_close(conn: Any) -> None:
     """Unbind (or just close) a connection that failed or is no longer wanted."""
     try:
-        if conn.bound:
+        if conn.bound and not conn.closed:
             conn.unbind()
         else:
             conn.strategy.close()
     except (ldap_exc.LDAPException, OSError):
         log.debug("closing an LDAP connection failed", exc_info=True)
+    finally:
+        # ldap3 leaves the socket open when the unbind itself fails (a connection the DC already
+        # dropped): close it here so no descriptor outlives the connection.
+        sock = getattr(conn, "socket", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
