@@ -143,11 +143,16 @@ class RenewalScheduler:
                 self._groups[key] = group
             elif account is not None:
                 group.account = account
+            joined = bool(group.targets)
             group.targets[(target.lease_id, target.gmsa)] = target
-            if info is not None and info.endtime >= group.endtime:
+            if info is None:
+                # This target has no usable ticket: renew the group (all its files) now.
+                now = self.clock()
+                group.next_attempt = min(group.next_attempt, now) if joined else now
+            elif not joined or info.endtime < group.endtime:
+                # The group is scheduled by its earliest ticket: a newer lease's later ticket must
+                # not push the renewal past the end of the tickets the older leases hold.
                 self._succeeded(group, info)
-            elif info is None and group.endtime == 0.0:
-                group.next_attempt = self.clock()
         self._wake.set()
 
     def set_account(self, key: Hashable, account: Account) -> None:
@@ -261,7 +266,16 @@ class RenewalScheduler:
         """Renew every group that is due; return how many groups were attempted."""
         keys = self.due()
         for key in keys:
-            self.renew_group(key)
+            try:
+                self.renew_group(key)
+            except Exception as exc:
+                # A bug or an untranslated library error in one group must neither stop the pass
+                # for the others nor leave this group due at once (the loop would spin on it).
+                log.exception("renewal of %s failed unexpectedly", key)
+                with self._lock:
+                    group = self._groups.get(key)
+                    if group is not None:
+                        self._failed(group, f"unexpected {type(exc).__name__}: {exc}")
         self._collect_orphans()
         return len(keys)
 

@@ -1,0 +1,394 @@
+"""GmsaAccount's key cache with a fake clock, a fake directory and a fake KDC.
+
+Blobs are laid out by hand (MS-ADTS 2.2.19, ``tests.unit.test_blob.build_blob``); the keys the
+fake KDC is handed are compared with :func:`credfetcher.keys.derive_keys` of the password that
+should have been used, so every test names *which* password authenticated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import cast
+
+import pytest
+
+from credfetcher import tickets
+from credfetcher.accounts import CLOCK_SKEW, GmsaAccount
+from credfetcher.directory import DirectoryClient, GmsaRecord
+from credfetcher.errors import DCUnavailableError, KerberosError, KeyRejectedError
+from credfetcher.identity import HostIdentity
+from credfetcher.keys import KerberosKey, derive_keys
+from tests.unit.test_blob import TICKS_PER_SECOND, build_blob
+
+REALM = "EXAMPLE.TEST"
+DOMAIN = "example.test"
+GMSA = "webapp01"
+T0 = 1_800_000_000.0
+DAY = 86_400
+
+
+def password(seed: str) -> bytes:
+    """A 256-byte UTF-16LE password, as a DC generates (lone surrogates and all)."""
+    return hashlib.sha512(seed.encode()).digest() * 4
+
+
+PW_OLD = password("old")
+PW_NOW = password("now")
+PW_NEXT = password("next")
+
+
+def ticks(seconds: float) -> int:
+    return int(seconds * TICKS_PER_SECOND)
+
+
+def blob(current: bytes, previous: bytes | None, query: float, unchanged: float = 0.0) -> bytes:
+    return build_blob(current, previous, ticks(query), ticks(unchanged), padding=2)
+
+
+def keys_of(pw16: bytes, kvno: int) -> tuple[KerberosKey, ...]:
+    return tuple(derive_keys(pw16, REALM, GMSA, kvno))
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class FakeDirectory:
+    """Answers fetch_managed_password with the next queued (blob, kvno), repeating the last."""
+
+    answers: list[tuple[bytes, int]]
+    fetches: int = 0
+    gate: threading.Event | None = None  # when set, a fetch waits for it
+    entered: threading.Event = field(default_factory=threading.Event)
+
+    def fetch_managed_password(self, gmsa_name: str, identity: object) -> GmsaRecord:
+        self.fetches += 1
+        self.entered.set()
+        if self.gate is not None:
+            assert self.gate.wait(30), "test never released the fetch"
+        data, kvno = self.answers[min(self.fetches, len(self.answers)) - 1]
+        return GmsaRecord(
+            sam_account_name=f"{gmsa_name}$",
+            dn=f"CN={gmsa_name},CN=Managed Service Accounts,DC=example,DC=test",
+            blob=data,
+            kvno=kvno,
+            dc="dc1.example.test",
+        )
+
+
+@dataclass
+class FakeKdc:
+    """Stands in for tickets.acquire_tgt: records the keys, accepts only ``accepted``."""
+
+    accepted: set[bytes] = field(default_factory=set)  # AES256 key contents the KDC accepts
+    used: list[tuple[KerberosKey, ...]] = field(default_factory=list)
+    error: Exception | None = None
+
+    def acquire_tgt(
+        self,
+        principal: str,
+        *,
+        password: bytes | None = None,
+        keys: Sequence[KerberosKey] | None = None,
+        lifetime: int | None = None,
+        renew_lifetime: int | None = None,
+    ) -> tickets.Tgt:
+        assert password is None
+        assert keys is not None
+        self.used.append(tuple(keys))
+        if self.error is not None:
+            raise self.error
+        if keys[0].contents not in self.accepted:
+            raise KeyRejectedError(f"preauth failed for {principal}", principal=principal)
+        info = tickets.TicketInfo(principal, int(T0), int(T0) + 600, int(T0) + 3600)
+        return tickets.Tgt(info=info, marshalled=b"opaque")
+
+    def accept(self, pw16: bytes, kvno: int = 1) -> None:
+        self.accepted.add(keys_of(pw16, kvno)[0].contents)
+
+
+@pytest.fixture
+def kdc(monkeypatch: pytest.MonkeyPatch) -> FakeKdc:
+    fake = FakeKdc()
+    monkeypatch.setattr(tickets, "acquire_tgt", fake.acquire_tgt)
+    return fake
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+MakeAccount = Callable[..., tuple[GmsaAccount, FakeDirectory]]
+
+
+@pytest.fixture
+def make_account(clock: FakeClock) -> MakeAccount:
+    def make(*answers: tuple[bytes, int]) -> tuple[GmsaAccount, FakeDirectory]:
+        directory = FakeDirectory(list(answers))
+        account = GmsaAccount(
+            GMSA,
+            DOMAIN,
+            HostIdentity(f"HOST$@{REALM}", Path("/nonexistent/krb5.keytab")),
+            cast(DirectoryClient, directory),
+            lifetime=600,
+            renew_lifetime=3600,
+            clock=clock,
+        )
+        return account, directory
+
+    return make
+
+
+# -- which password authenticates -----------------------------------------------------------------
+
+
+def test_far_from_a_change_the_current_password_authenticates(
+    make_account: MakeAccount, kdc: FakeKdc
+) -> None:
+    account, _ = make_account((blob(PW_NOW, PW_OLD, 20 * DAY), 3))
+    kdc.accept(PW_NOW, 3)
+    _, material = account.acquire_tgt()
+    assert kdc.used == [keys_of(PW_NOW, 3)]
+    assert material.kvno == 3
+
+
+@pytest.mark.parametrize(
+    "query", [timedelta(minutes=5), timedelta(minutes=4, seconds=59), timedelta(seconds=1)]
+)
+def test_inside_the_five_minute_window_the_previous_password_authenticates(
+    make_account: MakeAccount, kdc: FakeKdc, query: timedelta
+) -> None:
+    """CurrentPassword is already the next one; the KDC still wants the previous (kvno - 1)."""
+    account, _ = make_account((blob(PW_NEXT, PW_NOW, query.total_seconds()), 4))
+    kdc.accept(PW_NOW, 3)
+    account.acquire_tgt()
+    assert kdc.used == [keys_of(PW_NOW, 3)]
+    assert keys_of(PW_NEXT, 4) not in kdc.used
+
+
+def test_just_outside_the_window_the_current_password_authenticates(
+    make_account: MakeAccount, kdc: FakeKdc
+) -> None:
+    account, _ = make_account((blob(PW_NOW, PW_OLD, 5 * 60 + 1), 3))
+    kdc.accept(PW_NOW, 3)
+    account.acquire_tgt()
+    assert kdc.used == [keys_of(PW_NOW, 3)]
+
+
+def test_inside_the_window_without_a_previous_password_the_current_one_is_used(
+    make_account: MakeAccount, kdc: FakeKdc
+) -> None:
+    """A freshly created gMSA has no previous password: nothing else to try."""
+    account, _ = make_account((blob(PW_NOW, None, 60), 1))
+    kdc.accept(PW_NOW, 1)
+    account.acquire_tgt()
+    assert kdc.used == [keys_of(PW_NOW, 1)]
+
+
+def test_across_a_rotation_previous_then_the_new_password(
+    make_account: MakeAccount, kdc: FakeKdc, clock: FakeClock
+) -> None:
+    """Read 2 minutes before the change (previous used), re-read right after it (new used)."""
+    account, directory = make_account(
+        (blob(PW_NEXT, PW_NOW, 120), 4),  # before the change: DC already hands out PW_NEXT
+        (blob(PW_NEXT, PW_NOW, 30 * DAY), 4),  # after it
+    )
+    kdc.accept(PW_NOW, 3)
+    account.acquire_tgt()
+    assert kdc.used[-1] == keys_of(PW_NOW, 3)
+
+    clock.now = T0 + 119
+    account.acquire_tgt()
+    assert directory.fetches == 1  # still before the change: cached keys
+    assert kdc.used[-1] == keys_of(PW_NOW, 3)
+
+    clock.now = T0 + 121  # the change has happened: the KDC takes only the new password now
+    kdc.accepted = set()
+    kdc.accept(PW_NEXT, 4)
+    account.acquire_tgt()
+    assert directory.fetches == 2
+    assert kdc.used[-1] == keys_of(PW_NEXT, 4)
+
+
+# -- how long keys are cached ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("query", [2 * 3600.0, 30 * DAY, 20 * DAY + 1234.5])
+def test_keys_are_cached_until_query_interval_less_skew_then_fetched_again(
+    make_account: MakeAccount, kdc: FakeKdc, clock: FakeClock, query: float
+) -> None:
+    account, directory = make_account(
+        (blob(PW_NOW, PW_OLD, query), 3), (blob(PW_NEXT, PW_NOW, 30 * DAY), 4)
+    )
+    kdc.accept(PW_NOW, 3)
+    kdc.accept(PW_NEXT, 4)
+    first = account.material()
+    assert first.refetch_at == pytest.approx(T0 + query - CLOCK_SKEW)
+
+    for offset in (0.0, 60.0, 3600.0, query - CLOCK_SKEW - 1):
+        clock.now = T0 + offset
+        account.acquire_tgt()
+    assert directory.fetches == 1
+    assert set(kdc.used) == {keys_of(PW_NOW, 3)}
+
+    clock.now = T0 + query - CLOCK_SKEW
+    account.acquire_tgt()
+    assert directory.fetches == 2
+    assert kdc.used[-1] == keys_of(PW_NEXT, 4)
+
+
+def test_a_zero_query_interval_is_not_trusted_for_long(
+    make_account: MakeAccount, kdc: FakeKdc, clock: FakeClock
+) -> None:
+    account, directory = make_account((blob(PW_NOW, None, 0), 1))
+    kdc.accept(PW_NOW, 1)
+    account.acquire_tgt()
+    clock.now = T0 + 60
+    account.acquire_tgt()
+    assert directory.fetches == 2
+
+
+def test_a_failed_reread_is_retried_by_the_next_call(
+    make_account: MakeAccount, kdc: FakeKdc, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A DC that fails on re-read surfaces the error, and the next call asks again."""
+    account, directory = make_account((blob(PW_NOW, PW_OLD, 3600), 3))
+    kdc.accept(PW_NOW, 3)
+    account.acquire_tgt()
+
+    def down(gmsa_name: str, identity: object) -> GmsaRecord:
+        raise DCUnavailableError("no DC answered", attempts=[])
+
+    clock.now = T0 + 3600
+    monkeypatch.setattr(directory, "fetch_managed_password", down)
+    with pytest.raises(DCUnavailableError):
+        account.acquire_tgt()
+    with pytest.raises(DCUnavailableError):
+        account.acquire_tgt()
+
+
+# -- the KDC rejects the cached key ---------------------------------------------------------------
+
+
+def test_rejected_key_refetches_once_and_retries(make_account: MakeAccount, kdc: FakeKdc) -> None:
+    """Rotated early (an administrator reset it): the cached keys are stale before their time."""
+    account, directory = make_account(
+        (blob(PW_NOW, PW_OLD, 20 * DAY), 3), (blob(PW_NEXT, PW_NOW, 30 * DAY), 4)
+    )
+    kdc.accept(PW_NOW, 3)
+    account.acquire_tgt()
+    kdc.accepted = set()
+    kdc.accept(PW_NEXT, 4)
+
+    _, material = account.acquire_tgt()
+    assert directory.fetches == 2
+    assert kdc.used == [keys_of(PW_NOW, 3), keys_of(PW_NOW, 3), keys_of(PW_NEXT, 4)]
+    assert material.kvno == 4
+    # The fresh keys are cached: no further fetch.
+    account.acquire_tgt()
+    assert directory.fetches == 2
+
+
+def test_rejected_twice_gives_up_after_one_refetch(make_account: MakeAccount, kdc: FakeKdc) -> None:
+    account, directory = make_account((blob(PW_NOW, PW_OLD, 20 * DAY), 3))
+    with pytest.raises(KeyRejectedError):
+        account.acquire_tgt()
+    assert directory.fetches == 2
+    assert len(kdc.used) == 2
+
+
+def test_other_kdc_errors_do_not_refetch(make_account: MakeAccount, kdc: FakeKdc) -> None:
+    """An unreachable KDC says nothing about the password: don't spend an LDAP search on it."""
+    account, directory = make_account((blob(PW_NOW, PW_OLD, 20 * DAY), 3))
+    kdc.error = KerberosError("no KDC reachable", principal=f"{GMSA}$@{REALM}")
+    with pytest.raises(KerberosError) as info:
+        account.acquire_tgt()
+    assert not isinstance(info.value, KeyRejectedError)
+    assert directory.fetches == 1
+    assert len(kdc.used) == 1
+
+
+# -- concurrency ----------------------------------------------------------------------------------
+
+
+class CountingLock:
+    """A lock that counts its waiting threads, so a test can wait for them without sleeping."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self.waiting = 0
+
+    def __enter__(self) -> bool:
+        with self._cond:
+            self.waiting += 1
+            self._cond.notify_all()
+        self._lock.acquire()
+        with self._cond:
+            self.waiting -= 1
+        return True
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    def wait_for_waiters(self, count: int) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self.waiting >= count, timeout=30)
+
+
+@pytest.fixture
+def threads() -> Iterator[list[threading.Thread]]:
+    started: list[threading.Thread] = []
+    yield started
+    for t in started:
+        t.join(30)
+        assert not t.is_alive()
+
+
+def test_concurrent_callers_share_one_fetch(
+    make_account: MakeAccount,
+    kdc: FakeKdc,
+    threads: list[threading.Thread],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """32 leases of one gMSA asking at once cost the DC one search."""
+    account, directory = make_account((blob(PW_NOW, PW_OLD, 20 * DAY), 3))
+    kdc.accept(PW_NOW, 3)
+    directory.gate = threading.Event()
+    lock = CountingLock()
+    monkeypatch.setattr(account, "_lock", lock)
+    results: list[tuple[KerberosKey, ...]] = []
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            _, material = account.acquire_tgt()
+            results.append(material.auth_keys)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    for _ in range(32):
+        t = threading.Thread(target=call)
+        t.start()
+        threads.append(t)
+    # One caller is inside the fetch; the 31 others are queued behind it before it returns.
+    assert directory.entered.wait(30)
+    assert lock.wait_for_waiters(31)
+    directory.gate.set()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    assert directory.fetches == 1
+    assert len(results) == 32
+    assert set(results) == {keys_of(PW_NOW, 3)}

@@ -1,0 +1,480 @@
+"""RenewalScheduler with a fake clock, a fixed rng and fake accounts: no DC, no sleeping.
+
+``tickets.store_tgt`` is replaced by a recorder, so every ccache write (or its absence) is seen.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from credfetcher import metrics, tickets
+from credfetcher.errors import DCUnavailableError, KerberosError
+from credfetcher.files import Ownership
+from credfetcher.keys import KerberosKey
+from credfetcher.renewal import BACKOFF_BASE, BACKOFF_CAP, JITTER, RenewalScheduler, Target
+
+T0 = 1_800_000_000.0
+LIFE = 36_000  # 10 h tickets
+RENEW = 7 * 86_400
+MARGIN = 7_200.0
+ORPHAN_AFTER = 7 * 86_400.0
+
+
+class FakeClock:
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FixedRng:
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def __call__(self) -> float:
+        return self.value
+
+
+@dataclass
+class FakeAccount:
+    """Implements renewal.Account: hands out TGTs valid for LIFE from the fake clock's now."""
+
+    gmsa: str
+    clock: FakeClock
+    life: int = LIFE
+    fail_with: BaseException | None = None
+    frozen_endtime: int | None = None  # the KDC keeps issuing this endtime
+    calls: list[float] = field(default_factory=list)
+    principal: str = ""
+
+    def __post_init__(self) -> None:
+        self.principal = f"{self.gmsa}$@EXAMPLE.TEST"
+
+    def ticket(self) -> tickets.Tgt:
+        now = int(self.clock())
+        end = self.frozen_endtime if self.frozen_endtime is not None else now + self.life
+        info = tickets.TicketInfo(self.principal, now, end, now + RENEW)
+        return tickets.Tgt(info=info, marshalled=b"opaque")
+
+    def acquire_tgt(self) -> tuple[tickets.Tgt, Any]:
+        self.calls.append(self.clock())
+        if self.fail_with is not None:
+            raise self.fail_with
+        return self.ticket(), object()
+
+    def keytab_keys(self, material: Any, *, rc4: bool) -> list[KerberosKey]:
+        return []
+
+
+@dataclass(frozen=True)
+class Write:
+    path: Path
+    endtime: int
+    ownership: Ownership
+
+
+@pytest.fixture
+def writes(monkeypatch: pytest.MonkeyPatch) -> list[Write]:
+    recorded: list[Write] = []
+
+    def store(tgt: tickets.Tgt, path: Path, ownership: Ownership) -> tickets.TicketInfo:
+        recorded.append(Write(path, tgt.info.endtime, ownership))
+        return tgt.info
+
+    monkeypatch.setattr(tickets, "store_tgt", store)
+    return recorded
+
+
+@pytest.fixture(autouse=True)
+def _clean_metrics() -> None:
+    metrics.reset()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def make_scheduler(
+    clock: FakeClock,
+    rng: float = 0.5,
+    *,
+    margin: float = MARGIN,
+    orphans: list[str] | None = None,
+) -> RenewalScheduler:
+    on_orphan: Callable[[str], None] | None = None if orphans is None else orphans.append
+    return RenewalScheduler(
+        margin=margin,
+        orphan_after=ORPHAN_AFTER,
+        clock=clock,
+        rng=FixedRng(rng),
+        on_orphan=on_orphan,
+    )
+
+
+def target(root: Path, lease: str, gmsa: str, mode: int = 0o600) -> Target:
+    directory = root / lease / gmsa
+    directory.mkdir(parents=True, exist_ok=True)
+    return Target(lease, gmsa, directory / "krb5cc", Ownership(uid=None, gid=None, mode=mode))
+
+
+def register(
+    sched: RenewalScheduler, account: FakeAccount, tgt_target: Target, *, fresh: bool = True
+) -> tickets.TicketInfo | None:
+    info = account.ticket().info if fresh else None
+    sched.register(account.gmsa, account, tgt_target, info)
+    return info
+
+
+# -- grouping ------------------------------------------------------------------------------------
+
+
+def test_leases_of_one_account_share_one_acquisition_per_cycle(
+    tmp_path: Path, clock: FakeClock, writes: list[Write]
+) -> None:
+    sched = make_scheduler(clock)
+    accounts = [FakeAccount(f"gmsa{i}", clock) for i in range(4)]
+    for n in range(100):
+        account = accounts[n % 4]
+        register(sched, account, target(tmp_path, f"lease{n:03}", account.gmsa, 0o640 + n % 2))
+
+    clock.advance(LIFE)  # every group is due
+    assert sched.run_due() == 4
+    assert [len(a.calls) for a in accounts] == [1, 1, 1, 1]
+    # ...and every lease's own file was written, with that lease's own ownership.
+    assert len(writes) == 100
+    assert {w.path.parent.parent.name for w in writes} == {f"lease{n:03}" for n in range(100)}
+    for w in writes:
+        n = int(w.path.parent.parent.name.removeprefix("lease"))
+        assert w.ownership.mode == 0o640 + n % 2
+        assert w.endtime == int(clock()) + LIFE
+    assert metrics.get(metrics.RENEWALS) == 4
+
+    # Nothing is due again until the new tickets reach their margin.
+    assert sched.run_due() == 0
+    assert sum(len(a.calls) for a in accounts) == 4
+
+
+def test_a_lease_joining_a_group_does_not_push_back_the_older_tickets(
+    tmp_path: Path, clock: FakeClock, writes: list[Write]
+) -> None:
+    """The group is scheduled by its earliest ticket: every lease in it must stay valid."""
+    sched = make_scheduler(clock, rng=0.0)
+    account = FakeAccount("webapp", clock)
+    first = register(sched, account, target(tmp_path, "old", "webapp"))
+    assert first is not None
+    clock.advance(9 * 3600)  # a second lease arrives late in the first ticket's life
+    register(sched, account, target(tmp_path, "new", "webapp"))
+
+    status = sched.status("old", "webapp")
+    assert status is not None
+    assert status.next_attempt <= first.endtime - MARGIN
+    clock.advance(first.endtime - MARGIN - clock())
+    assert sched.run_due() == 1
+    assert {w.path.parent.parent.name for w in writes} == {"old", "new"}
+
+
+def test_a_lease_without_a_ticket_makes_its_group_due_now(
+    tmp_path: Path, clock: FakeClock, writes: list[Write]
+) -> None:
+    """A recovered lease whose ccache is missing joins a healthy group: it is written at once."""
+    sched = make_scheduler(clock)
+    account = FakeAccount("webapp", clock)
+    register(sched, account, target(tmp_path, "fine", "webapp"))
+    clock.advance(60)  # e.g. a restart: "fine" still has its ccache, "missing" lost it
+    register(sched, account, target(tmp_path, "missing", "webapp"), fresh=False)
+    assert sched.run_due() == 1
+    assert "missing" in {w.path.parent.parent.name for w in writes}
+
+
+# -- timing --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rng", [0.0, 0.37, 0.999999])
+@pytest.mark.parametrize(
+    ("life", "margin", "expected_margin"),
+    [
+        (LIFE, MARGIN, MARGIN),  # 10 h tickets, 2 h margin
+        (60, MARGIN, 30.0),  # margin capped at half the life
+        (3 * 3600, 3600.0, 3600.0),
+    ],
+)
+def test_next_attempt_is_endtime_less_margin_with_jitter(
+    tmp_path: Path,
+    clock: FakeClock,
+    writes: list[Write],
+    *,
+    rng: float,
+    life: int,
+    margin: float,
+    expected_margin: float,
+) -> None:
+    sched = make_scheduler(clock, rng, margin=margin)
+    account = FakeAccount("webapp", clock, life=life)
+    info = register(sched, account, target(tmp_path, "lease", "webapp"))
+    assert info is not None
+    status = sched.status("lease", "webapp")
+    assert status is not None
+    latest = info.endtime - expected_margin
+    earliest = info.endtime - expected_margin * (1 + JITTER)
+    assert earliest <= status.next_attempt <= latest
+    assert status.next_attempt == pytest.approx(info.endtime - expected_margin * (1 + JITTER * rng))
+
+    # Not attempted a moment before, attempted at the moment.
+    clock.now = status.next_attempt - 0.001
+    assert sched.run_due() == 0
+    clock.now = status.next_attempt
+    assert sched.run_due() == 1
+    assert len(account.calls) == 1
+
+
+def test_jitter_spreads_hosts_that_start_together(tmp_path: Path, writes: list[Write]) -> None:
+    times = set()
+    for rng in (0.0, 0.25, 0.5, 0.75):
+        clock = FakeClock()
+        sched = make_scheduler(clock, rng)
+        register(sched, FakeAccount("webapp", clock), target(tmp_path, "lease", "webapp"))
+        status = sched.status("lease", "webapp")
+        assert status is not None
+        times.add(status.next_attempt)
+    assert len(times) == 4
+    assert max(times) - min(times) == pytest.approx(0.75 * JITTER * MARGIN)
+
+
+# -- failures ------------------------------------------------------------------------------------
+
+
+def expected_delays(rng: float, count: int) -> list[float]:
+    return [min(BACKOFF_CAP, BACKOFF_BASE * 2**i) * (0.5 + 0.5 * rng) for i in range(count)]
+
+
+@pytest.mark.parametrize("rng", [0.0, 1.0, 0.5])
+def test_backoff_grows_exponentially_up_to_the_cap(
+    tmp_path: Path, clock: FakeClock, writes: list[Write], rng: float
+) -> None:
+    sched = make_scheduler(clock, rng)
+    account = FakeAccount("webapp", clock)
+    register(sched, account, target(tmp_path, "lease", "webapp"), fresh=False)
+    account.fail_with = DCUnavailableError("no DC answered", attempts=[])
+
+    delays = []
+    for _ in range(8):
+        assert sched.run_due() == 1
+        status = sched.status("lease", "webapp")
+        assert status is not None
+        assert status.last_error == "no DC answered"
+        delays.append(status.next_attempt - clock())
+        clock.now = status.next_attempt
+    assert delays == pytest.approx(expected_delays(rng, 8))
+    assert delays[-1] == pytest.approx(BACKOFF_CAP * (0.5 + 0.5 * rng))  # capped
+    assert all(b >= a for a, b in itertools.pairwise(delays))
+    assert writes == []
+    assert metrics.get(metrics.RENEWAL_FAILURES, "webapp") == 8
+
+    # Success resets the backoff and schedules by the new ticket.
+    account.fail_with = None
+    assert sched.run_due() == 1
+    status = sched.status("lease", "webapp")
+    assert status is not None
+    assert status.last_error == ""
+    assert status.next_attempt > clock() + LIFE / 2
+    assert sched.failing_groups() == []
+
+
+def test_one_failing_group_does_not_delay_the_others(
+    tmp_path: Path, clock: FakeClock, writes: list[Write]
+) -> None:
+    sched = make_scheduler(clock, rng=1.0)
+    bad = FakeAccount("bad", clock, fail_with=KerberosError("KDC says no", principal="bad$"))
+    good = [FakeAccount(f"good{i}", clock) for i in range(3)]
+    for account in [bad, *good]:
+        register(sched, account, target(tmp_path, f"lease-{account.gmsa}", account.gmsa))
+    undisturbed = {a.gmsa: sched.status(f"lease-{a.gmsa}", a.gmsa) for a in good}
+
+    clock.advance(LIFE)
+    assert sched.run_due() == 4
+    assert all(len(a.calls) == 1 for a in good)
+    assert {w.path.parent.name for w in writes} == {"good0", "good1", "good2"}
+    assert [p for p, _ in sched.failing_groups()] == [bad.principal]
+
+    # The failing group retries on its own backoff; the others are not pulled along.
+    for _ in range(10):
+        status = sched.status("lease-bad", "bad")
+        assert status is not None
+        clock.now = status.next_attempt
+        assert sched.run_due() == 1
+    assert len(bad.calls) == 11
+    assert all(len(a.calls) == 1 for a in good)
+    for account in good:
+        before = undisturbed[account.gmsa]
+        after = sched.status(f"lease-{account.gmsa}", account.gmsa)
+        assert before is not None
+        assert after is not None
+        assert after.next_attempt > before.next_attempt
+        assert after.last_error == ""
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(113, "No route to host"),
+        RuntimeError("a bug in one account"),
+        ValueError("undecodable reply"),
+    ],
+    ids=["oserror", "runtimeerror", "valueerror"],
+)
+def test_an_unexpected_exception_is_a_failure_of_that_group_only(
+    tmp_path: Path, clock: FakeClock, writes: list[Write], error: BaseException
+) -> None:
+    """Not only CredfetcherError: any error in one group must leave the pass and others intact."""
+    sched = make_scheduler(clock, rng=1.0)
+    bad = FakeAccount("aaa-bad", clock, fail_with=error)  # sorted and registered first
+    good = FakeAccount("zzz-good", clock)
+    register(sched, bad, target(tmp_path, "l1", bad.gmsa))
+    register(sched, good, target(tmp_path, "l2", good.gmsa))
+    clock.advance(LIFE)
+
+    assert sched.run_due() == 2
+    assert len(good.calls) == 1
+    assert [w.path.parent.name for w in writes] == ["zzz-good"]
+    status = sched.status("l1", bad.gmsa)
+    assert status is not None
+    # Backed off (no hot loop on the same error) and reported.
+    assert status.next_attempt == pytest.approx(clock() + BACKOFF_BASE)
+    assert status.last_error
+    assert sched.run_due() == 0
+
+
+def test_a_failed_renewal_never_rewrites_or_deletes_the_ccache(
+    tmp_path: Path, clock: FakeClock, writes: list[Write]
+) -> None:
+    sched = make_scheduler(clock)
+    account = FakeAccount("webapp", clock)
+    t = target(tmp_path, "lease", "webapp")
+    t.ccache.write_bytes(b"\x05\x04still-valid-ticket")
+    register(sched, account, t)
+    account.fail_with = DCUnavailableError("DC down", attempts=[("dc1", "timed out")])
+
+    clock.advance(LIFE - MARGIN)
+    for _ in range(20):  # well past the ticket's end
+        assert sched.run_due() == 1
+        status = sched.status("lease", "webapp")
+        assert status is not None
+        clock.now = status.next_attempt
+    assert writes == []
+    assert t.ccache.read_bytes() == b"\x05\x04still-valid-ticket"
+    assert sorted(p.name for p in t.ccache.parent.iterdir()) == ["krb5cc"]
+
+
+def test_a_renewal_without_a_later_endtime_is_a_failure(
+    tmp_path: Path, clock: FakeClock, writes: list[Write]
+) -> None:
+    sched = make_scheduler(clock, rng=1.0)
+    account = FakeAccount("webapp", clock)
+    info = register(sched, account, target(tmp_path, "lease", "webapp"))
+    assert info is not None
+    account.frozen_endtime = info.endtime  # e.g. the KDC capped the life at what we have
+
+    clock.advance(LIFE - MARGIN)
+    assert sched.run_due() == 1
+    status = sched.status("lease", "webapp")
+    assert status is not None
+    assert writes == []
+    assert "no later ticket" in status.last_error
+    assert status.endtime == info.endtime
+    assert status.next_attempt == pytest.approx(clock() + BACKOFF_BASE)
+    assert [p for p, _ in sched.failing_groups()] == [account.principal]
+
+    account.frozen_endtime = info.endtime - 10  # an *earlier* end is no better
+    clock.now = status.next_attempt
+    assert sched.run_due() == 1
+    assert writes == []
+
+    account.frozen_endtime = None
+    clock.now = sched.status("lease", "webapp").next_attempt  # type: ignore[union-attr]
+    assert sched.run_due() == 1
+    assert len(writes) == 1
+    assert sched.failing_groups() == []
+
+
+# -- orphans -------------------------------------------------------------------------------------
+
+
+def test_orphans_are_removed_after_renew_till_plus_orphan_after(
+    tmp_path: Path, clock: FakeClock, writes: list[Write]
+) -> None:
+    orphans: list[str] = []
+    sched = make_scheduler(clock, orphans=orphans)
+    doomed = FakeAccount("doomed", clock)
+    healthy = FakeAccount("healthy", clock)
+    info = register(sched, doomed, target(tmp_path, "lease-a", "doomed"))
+    register(sched, doomed, target(tmp_path, "lease-b", "doomed"))
+    register(sched, healthy, target(tmp_path, "lease-c", "healthy"))
+    assert info is not None
+    doomed.fail_with = KerberosError("account disabled", principal=doomed.principal)
+
+    deadline = info.renew_till + ORPHAN_AFTER
+    # Fail for days: no orphan until renew_till + orphan_after.
+    while clock() < deadline - 60:
+        sched.run_due()
+        clock.advance(min(3600.0, deadline - 60 - clock()))
+    assert orphans == []
+    clock.now = deadline
+    sched.run_due()
+    assert sorted(set(orphans)) == ["lease-a", "lease-b"]
+    assert len(healthy.calls) > 0
+    assert sched.failing_groups() != []
+
+
+def test_a_healthy_group_is_never_an_orphan(
+    tmp_path: Path, clock: FakeClock, writes: list[Write]
+) -> None:
+    orphans: list[str] = []
+    sched = make_scheduler(clock, orphans=orphans)
+    register(sched, FakeAccount("fine", clock), target(tmp_path, "lease", "fine"))
+    clock.advance(RENEW + ORPHAN_AFTER + LIFE)
+    sched.run_due()
+    assert orphans == []
+
+
+# -- domainless leases waiting for credentials ----------------------------------------------------
+
+
+def test_domainless_group_without_account_waits_and_is_never_attempted(
+    tmp_path: Path, clock: FakeClock, writes: list[Write]
+) -> None:
+    orphans: list[str] = []
+    sched = make_scheduler(clock, orphans=orphans)
+    key = ("waiting", "user@example.test", "example.test")
+    sched.register(key, None, target(tmp_path, "dl", "webapp"), None)
+
+    status = sched.status("dl", "webapp")
+    assert status is not None
+    assert status.waiting_for_credentials
+    for _ in range(5):
+        clock.advance(LIFE)
+        assert sched.run_due() == 0
+    assert sched.renew_group(key) is None  # nothing to do without credentials
+    assert writes == []
+    assert sched.failing_groups() == []
+    assert sched.next_due_in() == 3600.0
+
+    # Credentials arrive (RenewNonDomainJoinedKerberosLease): the lease moves and is renewed.
+    account = FakeAccount("webapp", clock)
+    moved = sched.move_lease("dl", "user-account", account)
+    assert [t.lease_id for t in moved] == ["dl"]
+    assert sched.run_due() == 1
+    assert len(writes) == 1
+    status = sched.status("dl", "webapp")
+    assert status is not None
+    assert not status.waiting_for_credentials
