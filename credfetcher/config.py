@@ -47,8 +47,6 @@ class Config:
     socket_dir: Path = Path("/var/credentials-fetcher/socket")
     socket_group: str | None = None
     socket_mode: int = 0o660
-    allowed_uids: tuple[int, ...] = ()
-    allowed_gids: tuple[int, ...] = ()
     cred_spec_file: CredSpecFile | None = None
     gmsa_ou: str | None = None
     domain_controllers: tuple[DomainController, ...] = ()
@@ -151,10 +149,6 @@ def _gid(value: str) -> int | None:
         raise ValueError(f"no such group {value!r}") from None
 
 
-def _int_list(value: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in re.split(r"[,\s]+", value.strip()) if part)
-
-
 def _str_list(value: str) -> tuple[str, ...]:
     return tuple(part for part in re.split(r"[,\s]+", value.strip()) if part)
 
@@ -201,8 +195,6 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("krb_dir", "CF_KRB_DIR", _path, "lease directories are created here"),
     Setting("socket_dir", "CF_UNIX_DOMAIN_SOCKET_DIR", _path, f"{SOCKET_NAME} is created here"),
     Setting("socket_group", "CF_SOCKET_GROUP", _opt_str, "group owning the socket (mode 0660)"),
-    Setting("allowed_uids", "CF_ALLOWED_UIDS", _int_list, "peer uids allowed (SO_PEERCRED)"),
-    Setting("allowed_gids", "CF_ALLOWED_GIDS", _int_list, "peer gids allowed (SO_PEERCRED)"),
     Setting(
         "cred_spec_file",
         "CF_CRED_SPEC_FILE",
