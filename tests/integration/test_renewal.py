@@ -203,6 +203,8 @@ def failures_logged(daemon: Daemon) -> int:
     return len(re.findall(r"renewal of \S+ failed \(attempt \d+", daemon.log()))
 
 
+# It stops the DC that concurrent integration runs share: `-m "not reliability"` skips it.
+@pytest.mark.reliability
 def test_dc_outage_keeps_ccaches_and_is_reported(samba_dc: TestDC, tmp_path: Path) -> None:
     min_outage = float(os.environ.get("CF_TEST_DC_OUTAGE", "0"))
     with running_daemon(
