@@ -45,6 +45,9 @@ from credfetcher.renewal import RenewalScheduler, Target
 log = logging.getLogger(__name__)
 
 MAX_GMSAS_PER_LEASE = 64
+# Lease creations doing work at once. More gain nothing (the DC and the KDC answer in tens of
+# milliseconds) but make every thread, HealthCheck's included, wait longer for the GIL.
+CONCURRENT_ADDS = 8
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,7 @@ class LeaseService:
         self._leases: dict[str, LeaseRecord] = {}
         self._users: dict[tuple[str, str], UserIdentity] = {}
         self._lock = threading.RLock()
+        self._add_slots = threading.BoundedSemaphore(CONCURRENT_ADDS)
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -233,6 +237,17 @@ class LeaseService:
     ) -> LeaseResult:
         """AddKerberosLease / AddNonDomainJoinedKerberosLease: all gMSAs or nothing."""
         specs = self.parse_credspecs(credspec_texts)
+        with self._add_slots:
+            return self._add_lease(specs, user, ownership, lease_id, kind)
+
+    def _add_lease(
+        self,
+        specs: list[Credspec],
+        user: UserIdentity | None,
+        ownership: Ownership | None,
+        lease_id: str | None,
+        kind: str,
+    ) -> LeaseResult:
         ownership = ownership or self.default_ownership()
         lease_id = validate_lease_id(lease_id) if lease_id else new_lease_id()
         if self.store.exists(lease_id):
