@@ -5,9 +5,9 @@ service in-process under a fake clock (b), where the metrics counters are readab
 
 The outage test stops the shared test DC (SIGSTOP of samba's process group: a black-holed DC, the
 worst kind) and always resumes it: in ``finally``, and through a detached watchdog process in
-case this test process dies first. ``CF_TEST_DC_OUTAGE`` sets a minimum outage in seconds
-(issue 6 says 120); by default the outage lasts only as long as needed to see a failed renewal, a
-backed-off retry, the ticket expire in place and HealthCheck report it (about a minute).
+case this test process dies first. ``CF_TEST_DC_OUTAGE`` sets the minimum outage in seconds:
+120 by default, as issue 6 asks; the outage also lasts until a failed renewal, a backed-off retry,
+the ticket expiring in place and HealthCheck reporting it have all been seen.
 """
 
 from __future__ import annotations
@@ -206,7 +206,7 @@ def failures_logged(daemon: Daemon) -> int:
 # It stops the DC that concurrent integration runs share: `-m "not reliability"` skips it.
 @pytest.mark.reliability
 def test_dc_outage_keeps_ccaches_and_is_reported(samba_dc: TestDC, tmp_path: Path) -> None:
-    min_outage = float(os.environ.get("CF_TEST_DC_OUTAGE", "0"))
+    min_outage = float(os.environ.get("CF_TEST_DC_OUTAGE", "120"))
     with running_daemon(
         samba_dc, tmp_path / "d", CF_TICKET_LIFETIME="60", CF_RENEW_LIFETIME="3600"
     ) as daemon:
