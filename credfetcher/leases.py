@@ -120,6 +120,9 @@ class LeaseStore:
         staging = self.krb_dir / f"{TEMP_PREFIX}{lease_id}-{secrets.token_hex(4)}"
         try:
             staging.mkdir(mode=0o755)
+            # mkdir's mode passes through the umask (027 on hardened hosts would give 0750):
+            # set it outright, a non-root container must traverse this directory.
+            staging.chmod(0o755)
         except OSError as exc:
             raise StorageError(
                 f"cannot create {staging}: {exc.strerror}", path=str(staging)
@@ -130,6 +133,7 @@ class LeaseStore:
     def staged_gmsa_dir(staging: Path, gmsa_name: str) -> Path:
         path = staging / validate_gmsa_name(gmsa_name)
         path.mkdir(mode=0o755, exist_ok=True)
+        path.chmod(0o755)  # the container's mount root: not left to the umask either
         return path
 
     def commit(self, staging: Path, record: LeaseRecord) -> None:

@@ -1,0 +1,43 @@
+"""Lease directories are enterable by a container's non-root user whatever the daemon's umask."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from credfetcher.leases import GmsaEntry, LeaseRecord, LeaseStore, new_lease_id
+
+
+@pytest.fixture(params=[0o022, 0o027, 0o077], ids=lambda m: f"umask-{m:03o}")
+def umask(request: pytest.FixtureRequest) -> Iterator[int]:
+    mask: int = request.param
+    old = os.umask(mask)
+    yield mask
+    os.umask(old)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_lease_and_gmsa_directories_are_0755(tmp_path: Path, umask: int) -> None:
+    store = LeaseStore(tmp_path / "krbdir")
+    store.prepare()
+    lease_id = new_lease_id()
+    staging = store.stage(lease_id)
+    store.staged_gmsa_dir(staging, "webapp01")
+    record = LeaseRecord(
+        lease_id=lease_id,
+        entries=(GmsaEntry("webapp01", "example.com", "CN=webapp01", "{}"),),
+    )
+
+    store.commit(staging, record)
+
+    # The bind mount's root is the gMSA directory: the app must search it; the lease directory
+    # above it is on the path of runtimes that resolve the source as a non-root user.
+    assert _mode(store.lease_dir(lease_id)) == 0o755
+    assert _mode(store.gmsa_dir(lease_id, "webapp01")) == 0o755
