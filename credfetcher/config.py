@@ -47,6 +47,8 @@ class Config:
     socket_dir: Path = Path("/var/credentials-fetcher/socket")
     socket_group: str | None = None
     socket_mode: int = 0o660
+    allowed_uids: tuple[int, ...] = ()
+    allowed_gids: tuple[int, ...] = ()
     cred_spec_file: CredSpecFile | None = None
     gmsa_ou: str | None = None
     domain_controllers: tuple[DomainController, ...] = ()
@@ -149,6 +151,13 @@ def _gid(value: str) -> int | None:
         raise ValueError(f"no such group {value!r}") from None
 
 
+def _id_list(value: str) -> tuple[int, ...]:
+    ids = tuple(int(part, 10) for part in re.split(r"[,\s]+", value.strip()) if part)
+    if any(not 0 <= i < 2**32 - 1 for i in ids):
+        raise ValueError(f"{value!r} holds an id out of range")
+    return ids
+
+
 def _str_list(value: str) -> tuple[str, ...]:
     return tuple(part for part in re.split(r"[,\s]+", value.strip()) if part)
 
@@ -195,6 +204,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("krb_dir", "CF_KRB_DIR", _path, "lease directories are created here"),
     Setting("socket_dir", "CF_UNIX_DOMAIN_SOCKET_DIR", _path, f"{SOCKET_NAME} is created here"),
     Setting("socket_group", "CF_SOCKET_GROUP", _opt_str, "group owning the socket (mode 0660)"),
+    Setting(
+        "allowed_uids",
+        "CF_ALLOWED_UIDS",
+        _id_list,
+        "uids allowed to call, checked with SO_PEERCRED (root always; empty: no check)",
+    ),
+    Setting(
+        "allowed_gids",
+        "CF_ALLOWED_GIDS",
+        _id_list,
+        "primary gids allowed to call, checked with SO_PEERCRED (empty: no check)",
+    ),
     Setting(
         "cred_spec_file",
         "CF_CRED_SPEC_FILE",

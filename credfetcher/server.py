@@ -27,6 +27,7 @@ from credfetcher._proto import credentialsfetcher_pb2_grpc as pb_grpc
 from credfetcher.errors import CredfetcherError, InvalidRequestError
 from credfetcher.files import Ownership
 from credfetcher.identity import UserIdentity
+from credfetcher.peercred import AllowList, PeerGate, deny_server
 from credfetcher.service import LeaseService
 
 log = logging.getLogger(__name__)
@@ -207,6 +208,8 @@ class Server:
         self.service = service
         config = service.config
         self.socket_path = config.socket_path
+        self._gate: PeerGate | None = None
+        self._deny: grpc.Server | None = None
         self.health = health.HealthServicer()
         self.grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.rpc_threads, thread_name_prefix="rpc"),
@@ -226,6 +229,11 @@ class Server:
     def start(self) -> None:
         config = self.service.config
         config.socket_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        gid = grp.getgrnam(config.socket_group).gr_gid if config.socket_group else None
+        allow_list = AllowList(config.allowed_uids, config.allowed_gids)
+        if allow_list:
+            self._start_gated(allow_list, gid)
+            return
         # A socket left by a killed daemon would make bind fail with EADDRINUSE.
         if self.socket_path.is_socket() or self.socket_path.is_symlink():
             self.socket_path.unlink()
@@ -236,8 +244,25 @@ class Server:
         finally:
             os.umask(old_umask)
         os.chmod(self.socket_path, config.socket_mode)
-        if config.socket_group is not None:
-            os.chown(self.socket_path, -1, grp.getgrnam(config.socket_group).gr_gid)
+        if gid is not None:
+            os.chown(self.socket_path, -1, gid)
+        self.update_health()
+
+    def _start_gated(self, allow_list: AllowList, gid: int | None) -> None:
+        """Serve behind the SO_PEERCRED gate (see :mod:`credfetcher.peercred`)."""
+        private = self.service.config.socket_dir / ".credfetcher-private"
+        private.mkdir(mode=0o700, exist_ok=True)
+        private.chmod(0o700)
+        for name in ("service.sock", "deny.sock"):
+            (private / name).unlink(missing_ok=True)
+        self.grpc.add_insecure_port(f"unix:{private / 'service.sock'}")
+        self.grpc.start()
+        self._deny = deny_server(f"unix:{private / 'deny.sock'}")
+        self._deny.start()
+        self._gate = PeerGate(
+            self.socket_path, private / "service.sock", private / "deny.sock", allow_list
+        )
+        self._gate.start(self.service.config.socket_mode, gid)
         self.update_health()
 
     def update_health(self) -> bool:
@@ -254,5 +279,9 @@ class Server:
     def stop(self, grace: float) -> None:
         """Refuse new calls, let in-flight calls finish within ``grace`` seconds."""
         self.health.enter_graceful_shutdown()
+        if self._gate is not None:
+            self._gate.stop()
         self.grpc.stop(grace).wait(grace + 1)
+        if self._deny is not None:
+            self._deny.stop(0).wait(1)
         self.socket_path.unlink(missing_ok=True)
