@@ -33,8 +33,6 @@ Identity = HostIdentity | UserIdentity
 # Margin taken off QueryPasswordInterval: a host whose clock runs behind the DC's must not keep
 # keys past the change (AD's default maximum skew is 5 minutes).
 CLOCK_SKEW = 300.0
-# Without a QueryPasswordInterval worth trusting, ask again after this long.
-DEFAULT_REFETCH = 3600.0
 
 
 @dataclass(frozen=True)
@@ -115,7 +113,6 @@ class GmsaAccount:
             refetch = now + interval + 1.0
         else:
             refetch = now + max(interval - CLOCK_SKEW, min(interval, 60.0))
-        refetch = min(refetch, now + max(DEFAULT_REFETCH, interval)) if interval > 0 else refetch
         log.info(
             "read managed password of %s from %s (kvno %d, next read in %s)",
             self.principal,

@@ -24,6 +24,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,6 +40,11 @@ log = logging.getLogger(__name__)
 BACKOFF_BASE = 2.0
 BACKOFF_CAP = 30.0
 JITTER = 0.1
+MAX_MARGIN_FRACTION = 0.9
+MIN_AGE_FRACTION = 0.05
+# Groups renewed at once in one pass: a KDC that black-holes one request then delays the others
+# by its timeout only once per batch, not once per group.
+RENEWAL_WORKERS = 4
 
 
 class Account(Protocol):
@@ -77,7 +83,8 @@ class GroupState:
     last_error: str = ""
     last_success: float = 0.0
     failing_since: float | None = None
-    material_id: int = 0  # id() of the key material last written to keytabs
+    material_id: int = 0
+    registered_at: float = 0.0  # id() of the key material last written to keytabs
 
 
 @dataclass(frozen=True)
@@ -139,7 +146,7 @@ class RenewalScheduler:
         with self._lock:
             group = self._groups.get(key)
             if group is None:
-                group = GroupState(account=account)
+                group = GroupState(account=account, registered_at=self.clock())
                 self._groups[key] = group
             elif account is not None:
                 group.account = account
@@ -224,15 +231,29 @@ class RenewalScheduler:
     # -- the work --------------------------------------------------------------------------
 
     def effective_margin(self, group: GroupState) -> float:
+        """The configured margin, or half the ticket's life when the margin would not fit.
+
+        A margin up to 90 % of the life is honoured as set: short tickets need it (the KDC
+        refuses service tickets for a TGT near its end, so a 150 s ticket must be renewed while
+        well over 120 s remain). A margin larger than that (the 2 h default against 60 s tickets)
+        would mean renewing continuously; half the life is used instead.
+        """
         life = max(group.endtime - group.starttime, 0.0)
-        return min(self.margin, life / 2) if life else self.margin
+        if not life or self.margin <= MAX_MARGIN_FRACTION * life:
+            return self.margin
+        return life / 2
 
     def _succeeded(self, group: GroupState, info: tickets.TicketInfo) -> None:
         group.starttime = float(info.starttime)
         group.endtime = float(info.endtime)
         group.renew_till = float(info.renew_till)
         margin = self.effective_margin(group)
-        group.next_attempt = group.endtime - margin * (1.0 + JITTER * self.rng())
+        life = group.endtime - group.starttime
+        group.next_attempt = max(
+            group.endtime - margin * (1.0 + JITTER * self.rng()),
+            # Jitter on a margin close to the whole life must not renew a ticket just issued.
+            group.starttime + MIN_AGE_FRACTION * life,
+        )
         group.failures = 0
         group.last_error = ""
         group.failing_since = None
@@ -265,19 +286,28 @@ class RenewalScheduler:
     def run_due(self) -> int:
         """Renew every group that is due; return how many groups were attempted."""
         keys = self.due()
-        for key in keys:
-            try:
-                self.renew_group(key)
-            except Exception as exc:
-                # A bug or an untranslated library error in one group must neither stop the pass
-                # for the others nor leave this group due at once (the loop would spin on it).
-                log.exception("renewal of %s failed unexpectedly", key)
-                with self._lock:
-                    group = self._groups.get(key)
-                    if group is not None:
-                        self._failed(group, f"unexpected {type(exc).__name__}: {exc}")
+        if len(keys) > 1:
+            with ThreadPoolExecutor(
+                max_workers=min(RENEWAL_WORKERS, len(keys)), thread_name_prefix="renew"
+            ) as pool:
+                list(pool.map(self._renew_guarded, keys))
+        else:
+            for key in keys:
+                self._renew_guarded(key)
         self._collect_orphans()
         return len(keys)
+
+    def _renew_guarded(self, key: Hashable) -> None:
+        try:
+            self.renew_group(key)
+        except Exception as exc:
+            # A bug or an untranslated library error in one group must neither stop the pass
+            # for the others nor leave this group due at once (the loop would spin on it).
+            log.exception("renewal of %s failed unexpectedly", key)
+            with self._lock:
+                group = self._groups.get(key)
+                if group is not None:
+                    self._failed(group, f"unexpected {type(exc).__name__}: {exc}")
 
     def renew_group(self, key: Hashable) -> CredfetcherError | None:
         """Renew one group now; return the error when it failed (None on success)."""
@@ -355,9 +385,14 @@ class RenewalScheduler:
         orphans: set[str] = set()
         with self._lock:
             for group in self._groups.values():
-                if group.failing_since is None:
+                if group.account is None:
+                    # A domainless lease whose credentials were lost at restart and never
+                    # renewed (RenewNonDomainJoinedKerberosLease) is as stuck as a failing one.
+                    anchor = group.renew_till or group.registered_at
+                elif group.failing_since is not None:
+                    anchor = group.renew_till or group.failing_since
+                else:
                     continue
-                anchor = group.renew_till or group.failing_since
                 if now >= anchor + self.orphan_after:
                     orphans.update(tk[0] for tk in group.targets)
         for lease_id in sorted(orphans):
@@ -366,7 +401,11 @@ class RenewalScheduler:
                 lease_id,
                 extra={"LEASE_ID": lease_id},
             )
-            self.on_orphan(lease_id)
+            try:
+                self.on_orphan(lease_id)
+            except Exception:
+                # One lease that cannot be removed must not end the pass for the others.
+                log.exception("cannot remove orphaned lease %s", lease_id)
 
     # -- the thread ------------------------------------------------------------------------
 

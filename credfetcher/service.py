@@ -182,6 +182,9 @@ class LeaseService:
                     identity: Identity | None = None
                     key: object = ("waiting", record.domainless_user.lower(), entry.domain)
                     account = None
+                    # Even an expired ticket tells when renewing stopped being possible: the
+                    # orphan clock of a lease waiting for its credentials starts there.
+                    fresh = info
                 else:
                     identity = self.host_identity(entry.domain)
                     account = self.account(entry.domain, entry.gmsa_name, identity)

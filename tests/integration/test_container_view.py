@@ -13,7 +13,7 @@ Everything the app does goes through MIT krb5 and Cyrus SASL, as a real app's li
 ``klist``, ``ldapwhoami -Y GSSAPI`` (an LDAP bind as the gMSA) and ``kvno cifs/<DC>`` (the
 service ticket an SMB or SQL Server client asks for first).
 
-Tickets are short here (``CF_TICKET_LIFETIME=270``, see :data:`TICKET_LIFETIME`), so the renewal
+Tickets are short here (``CF_TICKET_LIFETIME=150``, see :data:`TICKET_LIFETIME`), so the renewal
 test sees the daemon replace the ccache twice while one long-running app process keeps
 authenticating through the same, never remounted, directory.
 """
@@ -48,12 +48,12 @@ pytestmark = pytest.mark.skipif(
 
 # The test DC refuses a service ticket ("Ticket expired") once the TGT has less than 120 s left
 # (measured: kvno with a 150 s TGT works for its first 30 s only). An app that authenticates at any
-# moment therefore needs the daemon to renew while more than that is left, and the daemon caps
-# its margin at half the ticket's life: 270 s tickets renewed 135 s (plus up to 10 % jitter)
-# before they end never drop under 135 s, and two renewals take about 4 minutes.
+# moment therefore needs the daemon to renew while more than that is left: 150 s tickets renewed
+# 135 s before they end (the daemon honours a margin up to 90 % of the life) never drop under
+# 135 s, and two renewals take well under a minute.
 KDC_MIN_TGT_LIFE = 120
-TICKET_LIFETIME = 270
-RENEW_MARGIN = TICKET_LIFETIME // 2
+TICKET_LIFETIME = 150
+RENEW_MARGIN = 135
 
 APP_UID = 4242  # the per-request owner: what the app in the container runs as
 GROUP_ONLY_UID = 4244  # reads through the group only (daemon-wide CF_CCACHE_GROUP)

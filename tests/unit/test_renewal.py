@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -478,3 +479,77 @@ def test_domainless_group_without_account_waits_and_is_never_attempted(
     status = sched.status("dl", "webapp")
     assert status is not None
     assert not status.waiting_for_credentials
+
+
+# -- short tickets, parallel groups, stuck leases ------------------------------------------------
+
+
+@pytest.mark.parametrize("rng", [0.0, 0.5, 1.0])
+def test_a_margin_that_fits_the_life_is_honoured(
+    clock: FakeClock, tmp_path: Path, writes: list[Write], rng: float
+) -> None:
+    """150 s tickets renewed 135 s before their end keep > 120 s of life at every moment."""
+    sched = make_scheduler(clock, rng, margin=135)
+    account = FakeAccount("short", clock, life=150)
+    info = register(sched, account, target(tmp_path, "l1", "short"))
+    assert info is not None
+    status = sched.status("l1", "short")
+    assert status is not None
+    latest = info.endtime - 135
+    floor = info.starttime + 0.05 * 150
+    assert floor <= status.next_attempt <= latest
+    assert status.next_attempt == pytest.approx(max(info.endtime - 135 * (1 + JITTER * rng), floor))
+
+
+def test_groups_due_together_are_renewed_in_parallel(
+    clock: FakeClock, tmp_path: Path, writes: list[Write]
+) -> None:
+    barrier = threading.Barrier(3, timeout=5)
+
+    class Blocking(FakeAccount):
+        def acquire_tgt(self) -> tuple[tickets.Tgt, Any]:
+            barrier.wait()  # passes only when three renewals run at the same time
+            return super().acquire_tgt()
+
+    sched = make_scheduler(clock)
+    accounts = [Blocking(f"g{i}", clock) for i in range(3)]
+    for i, account in enumerate(accounts):
+        register(sched, account, target(tmp_path, f"l{i}", account.gmsa), fresh=False)
+    assert sched.run_due() == 3
+    assert all(len(a.calls) == 1 for a in accounts)
+    assert len(writes) == 3
+
+
+def test_a_lease_waiting_for_credentials_is_orphaned_eventually(
+    clock: FakeClock, tmp_path: Path, writes: list[Write]
+) -> None:
+    orphans: list[str] = []
+    sched = make_scheduler(clock, orphans=orphans)
+    old = tickets.TicketInfo("w$@EXAMPLE.TEST", int(T0) - LIFE, int(T0) - 60, int(T0) + 3600)
+    sched.register(("waiting", "user"), None, target(tmp_path, "lw", "w"), old)
+    clock.advance(3600 + ORPHAN_AFTER - 10)
+    sched.run_due()
+    assert orphans == []
+    clock.advance(20)
+    sched.run_due()
+    assert orphans == ["lw"]
+
+
+def test_an_orphan_that_cannot_be_removed_does_not_end_the_pass(
+    clock: FakeClock, tmp_path: Path, writes: list[Write]
+) -> None:
+    removed: list[str] = []
+
+    def remove(lease_id: str) -> None:
+        if lease_id == "a":
+            raise OSError("busy")
+        removed.append(lease_id)
+
+    sched = RenewalScheduler(
+        margin=MARGIN, orphan_after=ORPHAN_AFTER, clock=clock, rng=FixedRng(0.5), on_orphan=remove
+    )
+    for lease in ("a", "b"):
+        sched.register(("waiting", lease), None, target(tmp_path, lease, "w"), None)
+    clock.advance(ORPHAN_AFTER + 1)
+    sched.run_due()
+    assert removed == ["b"]
