@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from credfetcher._proto import credentialsfetcher_pb2 as pb
+from credfetcher.credspec import make_credspec
 from tests.conftest import TestDC
 from tests.integration.daemon import Daemon, daemon_env, running_daemon
 
@@ -275,3 +276,23 @@ def test_check_config_names_the_bad_setting(samba_dc: TestDC, tmp_path: Path) ->
     assert proc.returncode == 0, proc.stderr
     assert "CF_KRB_DIR" in proc.stdout
     assert str(tmp_path / "krbdir") in proc.stdout
+
+
+def test_cred_spec_file_lease_is_made_at_start_and_kept(samba_dc: TestDC, tmp_path: Path) -> None:
+    spec = tmp_path / "app.json"
+    spec.write_text(make_credspec(samba_dc.gmsas[2], samba_dc.domain))
+    root = tmp_path / "d"
+    with running_daemon(samba_dc, root, CF_CRED_SPEC_FILE=f"{spec}:startup") as daemon:
+        ccache = daemon.krb_dir / "startup" / samba_dc.gmsas[2] / "krb5cc"
+        assert_valid_ccache(daemon, ccache, samba_dc.gmsas[2])
+        first_inode = ccache.stat().st_ino
+        daemon.stop()
+        daemon.start()
+        with daemon.client() as stub:
+            listed = stub.ListLeases(pb.ListLeasesRequest())
+        assert [lease.lease_id for lease in listed.leases] == ["startup"]
+        # A valid cache is kept as it is, not re-created, across the restart.
+        assert ccache.stat().st_ino == first_inode
+        with daemon.client() as stub:
+            deleted = stub.DeleteKerberosLease(pb.DeleteKerberosLeaseRequest(lease_id="startup"))
+        assert list(deleted.deleted_kerberos_file_paths) == [str(ccache)]
