@@ -8,6 +8,12 @@ QueryPasswordInterval says the DC must be asked again (less a clock-skew allowan
 the password rotated early, or an administrator reset it — the password is fetched again once and
 the request retried. Concurrent callers share one fetch through the account's lock, so 32
 simultaneous leases for one gMSA cost the DC one LDAP search.
+
+New leases share TGTs too (:meth:`GmsaAccount.lease_tgt`): a lease created while the account's
+latest TGT is young (:data:`SHARE_TGT_FOR`) gets that TGT instead of an AS exchange of its own, and
+concurrent creations wait for one exchange in flight. Every lease of an account carries the
+group's TGT from its first renewal on anyway (:mod:`credfetcher.renewal`); sharing it from the
+start is what keeps 50 containers starting at once from costing the KDC 50 AS exchanges.
 """
 
 from __future__ import annotations
@@ -33,6 +39,12 @@ Identity = HostIdentity | UserIdentity
 # Margin taken off QueryPasswordInterval: a host whose clock runs behind the DC's must not keep
 # keys past the change (AD's default maximum skew is 5 minutes).
 CLOCK_SKEW = 300.0
+# A new lease gets the account's latest TGT while it is younger than this (seconds) and than a
+# tenth of its life, so it still has >= 90 % of its life. Five minutes: a burst of container
+# starts shares one AS exchange, and an account disabled meanwhile is noticed no later than AD
+# itself notices it for TGTs it issued (it re-checks the account on TGS requests only for TGTs
+# older than 20 minutes).
+SHARE_TGT_FOR = 300.0
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,9 @@ class GmsaAccount:
         self.principal = tickets.gmsa_principal(gmsa, self.realm)
         self._lock = threading.Lock()
         self._material: KeyMaterial | None = None
+        self._tgt_lock = threading.Lock()  # one AS exchange in flight for new leases
+        # The latest TGT, its keys, and when (self.clock) it was acquired.
+        self._latest: tuple[tickets.Tgt, KeyMaterial, float] | None = None
 
     @property
     def key(self) -> AccountKey:
@@ -154,7 +169,28 @@ class GmsaAccount:
                 lifetime=self.lifetime,
                 renew_lifetime=self.renew_lifetime,
             )
+        self._latest = (tgt, material, self.clock())
         return tgt, material
+
+    def lease_tgt(self) -> tuple[tickets.Tgt, KeyMaterial]:
+        """A TGT for a new lease: the latest one while young (:data:`SHARE_TGT_FOR`), else fresh.
+
+        Renewal must not use this (it wants a ticket that ends later): it calls
+        :meth:`acquire_tgt`, whose result new leases then share.
+        """
+        with self._tgt_lock:
+            latest = self._latest
+            if latest is not None:
+                tgt, material, acquired = latest
+                life = tgt.info.endtime - tgt.info.starttime
+                now = self.clock()
+                if (
+                    0 <= now - acquired < min(SHARE_TGT_FOR, life / 10)
+                    and material is self._material
+                    and now < material.refetch_at
+                ):
+                    return tgt, material
+            return self.acquire_tgt()
 
     def keytab_keys(self, material: KeyMaterial, *, rc4: bool) -> list[KerberosKey]:
         """Current keys at kvno and previous at kvno-1, for acceptors such as SQL Server."""

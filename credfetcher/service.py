@@ -264,7 +264,7 @@ class LeaseService:
             identity: Identity = user if user is not None else self.host_identity(spec.domain)
             account = self.account(spec.domain, spec.gmsa_name, identity)
             try:
-                tgt, material = account.acquire_tgt()
+                tgt, material = account.lease_tgt()
             except CredfetcherError as exc:
                 if exc.gmsa is None:
                     exc.gmsa = spec.gmsa_name

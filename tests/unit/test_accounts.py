@@ -392,3 +392,80 @@ def test_concurrent_callers_share_one_fetch(
     assert directory.fetches == 1
     assert len(results) == 32
     assert set(results) == {keys_of(PW_NOW, 3)}
+
+
+# -- new leases share a young TGT ---------------------------------------------------------------
+
+
+def test_new_leases_share_a_young_tgt(make_account: MakeAccount, kdc: FakeKdc, clock: FakeClock
+                                      ) -> None:
+    account, directory = make_account((blob(PW_NOW, PW_OLD, 20 * DAY), 3))
+    kdc.accept(PW_NOW, 3)
+    first, _ = account.lease_tgt()
+    clock.now += 59  # the fake KDC's tickets live 600 s: shared for a tenth of that
+    second, material = account.lease_tgt()
+    assert second is first
+    assert len(kdc.used) == 1
+    assert material.auth_keys == keys_of(PW_NOW, 3)
+    clock.now += 2
+    third, _ = account.lease_tgt()
+    assert third is not first
+    assert len(kdc.used) == 2
+    assert directory.fetches == 1
+
+
+def test_renewal_never_shares_and_new_leases_share_its_tgt(
+    make_account: MakeAccount, kdc: FakeKdc
+) -> None:
+    account, _ = make_account((blob(PW_NOW, PW_OLD, 20 * DAY), 3))
+    kdc.accept(PW_NOW, 3)
+    leased, _ = account.lease_tgt()
+    renewed, _ = account.acquire_tgt()
+    assert renewed is not leased
+    assert len(kdc.used) == 2
+    assert account.lease_tgt()[0] is renewed
+    assert len(kdc.used) == 2
+
+
+def test_no_sharing_once_the_keys_are_due_for_a_reread(
+    make_account: MakeAccount, kdc: FakeKdc, clock: FakeClock
+) -> None:
+    # QueryPasswordInterval of 20 s (a change is near: the previous password authenticates):
+    # the keys are due again after 21 s, before the TGT is 60 s old, and a new lease must not
+    # skip that re-read.
+    account, directory = make_account((blob(PW_NOW, PW_OLD, 20), 3))
+    kdc.accept(PW_OLD, 2)
+    first, _ = account.lease_tgt()
+    clock.now += 30
+    second, _ = account.lease_tgt()
+    assert second is not first
+    assert directory.fetches == 2
+
+
+def test_concurrent_new_leases_wait_for_one_as_exchange(
+    make_account: MakeAccount, kdc: FakeKdc, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    account, _ = make_account((blob(PW_NOW, PW_OLD, 20 * DAY), 3))
+    kdc.accept(PW_NOW, 3)
+    gate = threading.Event()
+    entered = threading.Event()
+    real = kdc.acquire_tgt
+
+    def slow(principal: str, **kwargs: object) -> tickets.Tgt:
+        entered.set()
+        assert gate.wait(30)
+        return real(principal, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tickets, "acquire_tgt", slow)
+    got: list[tickets.Tgt] = []
+    threads = [threading.Thread(target=lambda: got.append(account.lease_tgt()[0]))
+               for _ in range(16)]
+    for t in threads:
+        t.start()
+    assert entered.wait(30)
+    gate.set()
+    for t in threads:
+        t.join(30)
+    assert len(got) == 16
+    assert len({id(t) for t in got}) == 1
+    assert len(kdc.used) == 1
