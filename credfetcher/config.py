@@ -71,6 +71,7 @@ class Config:
     rpc_threads: int = 64
     log_level: str = "INFO"
     aws_sm_secret_name: str | None = None
+    aws_endpoint_url: str | None = None
     metrics_address: str | None = None
     config_file: Path | None = field(default=None, compare=False)
 
@@ -181,6 +182,14 @@ def _cred_spec_file(value: str) -> CredSpecFile | None:
     return CredSpecFile(Path(path), lease_id)
 
 
+def _endpoint_url(value: str) -> str | None:
+    if not value:
+        return None
+    if not re.match(r"^https?://[^\s/?#]+(/[^\s?#]*)?$", value):
+        raise ValueError(f"{value!r} is not an http:// or https:// URL")
+    return value
+
+
 def _log_level(value: str) -> str:
     level = value.strip().upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
@@ -252,7 +261,7 @@ SETTINGS: tuple[Setting, ...] = (
         "renew_margin",
         "CF_RENEW_MARGIN",
         _positive_int,
-        "renew when less than this much life remains (s; capped at half the lifetime)",
+        "renew when less than this much life remains (s; half the life if over 90 % of it)",
     ),
     Setting(
         "orphan_after",
@@ -267,6 +276,12 @@ SETTINGS: tuple[Setting, ...] = (
         "CF_AWS_SM_SECRET_NAME",
         _opt_str,
         "Secrets Manager secret with the daemon-wide domainless identity",
+    ),
+    Setting(
+        "aws_endpoint_url",
+        "CF_AWS_ENDPOINT_URL",
+        _endpoint_url,
+        "http(s) URL for S3, STS and Secrets Manager instead of AWS's (a local emulator in tests)",
     ),
     Setting("metrics_address", "CF_METRICS_ADDRESS", _opt_str, "host:port for Prometheus text"),
 )

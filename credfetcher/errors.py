@@ -143,3 +143,37 @@ class UnsupportedError(CredfetcherError):
     """A feature needs an optional extra that is not installed."""
 
     grpc_code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class AwsError(CredfetcherError):
+    """An AWS call failed (endpoint unreachable, throttled, 5xx); ``resource`` names the target."""
+
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+
+    def __init__(self, message: str, *, resource: str | None = None) -> None:
+        super().__init__(message)
+        self.resource = resource
+
+
+class AwsAccessDeniedError(AwsError):
+    """AWS refused: no permission, or the S3 bucket is not owned by the caller's account."""
+
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class AwsNotFoundError(AwsError):
+    """The S3 object or the Secrets Manager secret does not exist."""
+
+    grpc_code = grpc.StatusCode.NOT_FOUND
+
+
+class AwsCredentialsError(AwsError):
+    """The AWS credentials are missing, invalid or expired."""
+
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class AwsSecretError(AwsError):
+    """A secret exists but holds no usable identity (keys username, password, domainName)."""
+
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION

@@ -35,6 +35,9 @@ from credfetcher.files import TEMP_PREFIX, Ownership, atomic_write_bytes, remove
 log = logging.getLogger(__name__)
 
 LEASE_ID = re.compile(r"^[0-9a-f]{20}$")
+# A lease directory named by the caller (ARN leases' ``#<lease_id>/<dir>``): one path component,
+# no dots (so never ``..`` and never ``<lease_id>_metadata.json``).
+DIR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 CCACHE_NAME = "krb5cc"
 KEYTAB_NAME = "krb5.keytab"
 METADATA_VERSION = 1
@@ -56,6 +59,17 @@ def validate_lease_id(lease_id: str) -> str:
     )
 
 
+def validate_dir_name(name: str) -> str:
+    """Accept a caller-chosen directory name (letters, digits, '-', '_'; at most 128)."""
+    if DIR_NAME.match(name):
+        return name
+    shown = name[:64].encode("unicode_escape").decode("ascii")
+    raise InvalidRequestError(
+        f"directory name {shown!r} must be letters, digits, '-' and '_' (at most 128, "
+        "starting with a letter or digit)"
+    )
+
+
 @dataclass(frozen=True)
 class GmsaEntry:
     """One gMSA of a lease."""
@@ -65,6 +79,12 @@ class GmsaEntry:
     distinguished_name: str
     credspec: str
     credential_arn: str | None = None
+    directory: str | None = None
+    """The directory's name when the caller chose it (ARN leases); None: the gMSA's name."""
+
+    @property
+    def dir_name(self) -> str:
+        return self.directory or self.gmsa_name
 
 
 @dataclass(frozen=True)
@@ -93,6 +113,12 @@ class LeaseStore:
 
     def gmsa_dir(self, lease_id: str, gmsa_name: str) -> Path:
         return self.lease_dir(lease_id) / validate_gmsa_name(gmsa_name)
+
+    def entry_dir(self, lease_id: str, entry: GmsaEntry) -> Path:
+        """The directory of one gMSA of a lease (its own name, or the one the caller chose)."""
+        if entry.directory is not None:
+            return self.lease_dir(lease_id) / validate_dir_name(entry.directory)
+        return self.gmsa_dir(lease_id, entry.gmsa_name)
 
     def ccache_path(self, lease_id: str, gmsa_name: str) -> Path:
         return self.gmsa_dir(lease_id, gmsa_name) / CCACHE_NAME
@@ -134,6 +160,15 @@ class LeaseStore:
         path = staging / validate_gmsa_name(gmsa_name)
         path.mkdir(mode=0o755, exist_ok=True)
         path.chmod(0o755)  # the container's mount root: not left to the umask either
+        return path
+
+    @staticmethod
+    def staged_entry_dir(staging: Path, entry: GmsaEntry) -> Path:
+        if entry.directory is None:
+            return LeaseStore.staged_gmsa_dir(staging, entry.gmsa_name)
+        path = staging / validate_dir_name(entry.directory)
+        path.mkdir(mode=0o755, exist_ok=True)
+        path.chmod(0o755)
         return path
 
     def commit(self, staging: Path, record: LeaseRecord) -> None:
@@ -247,7 +282,7 @@ def encode_metadata(record: LeaseRecord, lease_dir: Path) -> bytes:
     """credentials-fetcher's metadata shape, plus a ``credfetcher`` object of our own."""
     info = [
         {
-            "krb_file_path": str(lease_dir / e.gmsa_name / CCACHE_NAME),
+            "krb_file_path": str(lease_dir / e.dir_name / CCACHE_NAME),
             "service_account_name": e.gmsa_name,
             "domain_name": e.domain,
             "domainless_user": record.domainless_user or "",
@@ -271,6 +306,15 @@ def encode_metadata(record: LeaseRecord, lease_dir: Path) -> bytes:
     return json.dumps(doc, indent=2).encode()
 
 
+def _directory(info: dict[str, Any]) -> str | None:
+    """The caller-chosen directory of an entry: krb_file_path's parent, when not the gMSA name."""
+    path = str(info.get("krb_file_path") or "")
+    name = Path(path).parent.name if path else ""
+    if not name or name == str(info["service_account_name"]):
+        return None
+    return validate_dir_name(name)
+
+
 def decode_metadata(data: bytes) -> LeaseRecord:
     doc = json.loads(data)
     ours = doc["credfetcher"]
@@ -283,6 +327,7 @@ def decode_metadata(data: bytes) -> LeaseRecord:
             distinguished_name=str(i.get("distinguished_name", "")),
             credspec=str(i.get("credspec_info", "")),
             credential_arn=str(i.get("credential_arn") or "") or None,
+            directory=_directory(i),
         )
         for i in doc["krb_ticket_info"]
     )
