@@ -101,6 +101,23 @@ def start_credspec_lease(service: LeaseService, config: Config) -> None:
         log.exception("CF_CRED_SPEC_FILE %s: %s", spec.path, exc.message)
 
 
+def start_aws_secret_identity(service: LeaseService, config: Config, stop: threading.Event) -> None:
+    """CF_AWS_SM_SECRET_NAME: read the identity now, then keep it fresh in a thread.
+
+    Leases made with it wait for it after a restart; reading it here gives them their identity
+    back. A failure is logged, not fatal: the next check (every 30 s) or request tries again.
+    """
+    if config.aws_sm_secret_name is None:
+        return
+    try:
+        service.secret_identity(refresh=True)
+    except CredfetcherError as exc:
+        log.warning("CF_AWS_SM_SECRET_NAME %s: %s", config.aws_sm_secret_name, exc.message)
+    threading.Thread(
+        target=service.secret_refresh_loop, args=(stop,), name="aws-secret", daemon=True
+    ).start()
+
+
 def run(config: Config, notifier: Notifier) -> int:
     stop = threading.Event()
 
@@ -113,6 +130,7 @@ def run(config: Config, notifier: Notifier) -> int:
 
     service = LeaseService(config)
     service.start()
+    start_aws_secret_identity(service, config, stop)
     start_credspec_lease(service, config)
     server = Server(service)
     server.start()

@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 
 from credfetcher._proto import credentialsfetcher_pb2 as pb
 from credfetcher._proto import credentialsfetcher_pb2_grpc as pb_grpc
+from credfetcher.aws import AwsCredentials
 from credfetcher.errors import CredfetcherError, InvalidRequestError
 from credfetcher.files import Ownership
 from credfetcher.identity import UserIdentity
@@ -154,22 +155,40 @@ class CredentialsFetcherServicer(pb_grpc.CredentialsFetcherServiceServicer):
     def AddKerberosArnLease(
         self, request: pb.KerberosArnLeaseRequest, context: grpc.ServicerContext
     ) -> pb.CreateKerberosArnLeaseResponse:
-        _abort(
-            context,
-            grpc.StatusCode.UNIMPLEMENTED,
-            "ARN leases need credfetcher's AWS support (install credfetcher[aws]); "
-            "it is not available in this build",
-        )
+        def run() -> pb.CreateKerberosArnLeaseResponse:
+            credentials = AwsCredentials.from_request(
+                request.access_key_id,
+                request.secret_access_key,
+                request.session_token,
+                request.region,
+            )
+            result = self.service.add_arn_lease(list(request.credspec_arns), credentials)
+            return pb.CreateKerberosArnLeaseResponse(
+                lease_id=result.lease_id,
+                krb_ticket_response_map=[
+                    pb.KerberosTicketArnResponse(
+                        credspec_arns=arn, created_kerberos_file_paths=str(directory)
+                    )
+                    for arn, directory in result.directories
+                ],
+            )
+
+        return _call(context, "AddKerberosArnLease", run)
 
     def RenewKerberosArnLease(
         self, request: pb.RenewKerberosArnLeaseRequest, context: grpc.ServicerContext
     ) -> pb.RenewKerberosArnLeaseResponse:
-        _abort(
-            context,
-            grpc.StatusCode.UNIMPLEMENTED,
-            "ARN leases need credfetcher's AWS support (install credfetcher[aws]); "
-            "it is not available in this build",
-        )
+        def run() -> pb.RenewKerberosArnLeaseResponse:
+            credentials = AwsCredentials.from_request(
+                request.access_key_id,
+                request.secret_access_key,
+                request.session_token,
+                request.region,
+            )
+            self.service.renew_arn_leases(credentials)
+            return pb.RenewKerberosArnLeaseResponse(status="successful")
+
+        return _call(context, "RenewKerberosArnLease", run)
 
     def ListLeases(
         self, request: pb.ListLeasesRequest, context: grpc.ServicerContext

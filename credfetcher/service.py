@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from credfetcher import tickets
+from credfetcher import aws, tickets
 from credfetcher.accounts import AccountKey, GmsaAccount, Identity
 from credfetcher.config import Config
 from credfetcher.credspec import Credspec, parse_credspec
@@ -42,12 +43,23 @@ from credfetcher.leases import (
 )
 from credfetcher.renewal import RenewalScheduler, Target
 
+if TYPE_CHECKING:  # pragma: no cover
+    from credfetcher.aws import AwsCredentials, CredspecArn, SecretIdentity
+
 log = logging.getLogger(__name__)
 
 MAX_GMSAS_PER_LEASE = 64
 # Lease creations doing work at once. More gain nothing (the DC and the KDC answer in tens of
 # milliseconds) but make every thread, HealthCheck's included, wait longer for the GIL.
 CONCURRENT_ADDS = 8
+# ARN leases: what their metadata says in "domainless_user" (each gMSA's identity comes from its
+# own credspec's secret and is re-read at every RenewKerberosArnLease; none is kept on disk).
+ARN_LEASE_USER = "aws-secrets-manager"
+# CF_AWS_SM_SECRET_NAME: re-read the secret this often, and sooner (at most every
+# SECRET_RETRY seconds) while a lease made with it fails to renew or a bind is refused.
+SECRET_REFRESH = 600.0
+SECRET_RETRY = 30.0
+
 
 
 @dataclass(frozen=True)
@@ -55,6 +67,13 @@ class LeaseResult:
     lease_id: str
     directories: tuple[Path, ...]
     gmsas: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ArnLeaseResult:
+    lease_id: str
+    directories: tuple[tuple[str, Path], ...]
+    """(S3 ARN without its fragment, created directory) per requested ARN, in request order."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +122,9 @@ class LeaseService:
         self._users: dict[tuple[str, str], UserIdentity] = {}
         self._lock = threading.RLock()
         self._add_slots = threading.BoundedSemaphore(CONCURRENT_ADDS)
+        self._sm_lock = threading.Lock()
+        self._sm: SecretIdentity | None = None
+        self._sm_read_at = 0.0
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -202,7 +224,12 @@ class LeaseService:
                 client.close()
 
     def _target(self, record: LeaseRecord, gmsa: str) -> Target:
-        directory = self.store.gmsa_dir(record.lease_id, gmsa)
+        entry = next((e for e in record.entries if e.gmsa_name == gmsa), None)
+        directory = (
+            self.store.entry_dir(record.lease_id, entry)
+            if entry is not None
+            else self.store.gmsa_dir(record.lease_id, gmsa)
+        )
         return Target(
             lease_id=record.lease_id,
             gmsa=gmsa,
@@ -240,6 +267,9 @@ class LeaseService:
     ) -> LeaseResult:
         """AddKerberosLease / AddNonDomainJoinedKerberosLease: all gMSAs or nothing."""
         specs = self.parse_credspecs(credspec_texts)
+        if user is None and self.config.aws_sm_secret_name is not None:
+            # credentials-fetcher's --aws_sm_secret_name: the daemon-wide domainless identity.
+            user, kind = self.secret_identity(), "aws-secret"
         with self._add_slots:
             return self._add_lease(specs, user, ownership, lease_id, kind)
 
@@ -255,7 +285,7 @@ class LeaseService:
         lease_id = validate_lease_id(lease_id) if lease_id else new_lease_id()
         if self.store.exists(lease_id):
             raise InvalidRequestError(f"lease {lease_id} already exists")
-        if user is not None:
+        if user is not None and kind == "domain-joined":
             kind = "domainless"
 
         # Tickets first, in memory: a DC or KDC failure leaves nothing on disk.
@@ -386,7 +416,7 @@ class LeaseService:
                         TicketView(
                             entry.gmsa_name,
                             entry.domain,
-                            self.store.gmsa_dir(record.lease_id, entry.gmsa_name),
+                            self.store.entry_dir(record.lease_id, entry),
                             0,
                             0,
                             "",
@@ -402,7 +432,7 @@ class LeaseService:
                     TicketView(
                         gmsa=entry.gmsa_name,
                         domain=entry.domain,
-                        directory=self.store.gmsa_dir(record.lease_id, entry.gmsa_name),
+                        directory=self.store.entry_dir(record.lease_id, entry),
                         expires_at=status.endtime,
                         renew_until=status.renew_till,
                         last_error=status.last_error
@@ -439,3 +469,277 @@ class LeaseService:
         if problems:
             return False, "; ".join(problems)
         return True, "OK"
+
+    # -- AWS: ARN leases and CF_AWS_SM_SECRET_NAME (see credfetcher.aws) --------------------
+
+    def add_arn_lease(
+        self,
+        arns: Sequence[str],
+        credentials: AwsCredentials,
+        *,
+        ownership: Ownership | None = None,
+    ) -> ArnLeaseResult:
+        """AddKerberosArnLease: one lease (id from the ARNs' fragment) for every gMSA, or nothing.
+
+        Everything is checked and read before a file is written: the ARNs, the credspecs from
+        S3, the secrets (one read per distinct secret ARN) and every TGT.
+        """
+        if not arns:
+            raise InvalidRequestError("credspec_arns is empty: send at least one ARN")
+        if len(arns) > MAX_GMSAS_PER_LEASE:
+            raise InvalidRequestError(f"at most {MAX_GMSAS_PER_LEASE} credspec ARNs per lease")
+        refs = [aws.parse_credspec_arn(text) for text in arns]
+        lease_ids = sorted({ref.lease_id for ref in refs})
+        if len(lease_ids) != 1:
+            raise InvalidRequestError(
+                "all credspec ARNs of one request must name the same lease id after '#' "
+                f"(found {', '.join(lease_ids)})"
+            )
+        lease_id = lease_ids[0]
+        dirs = [ref.directory for ref in refs]
+        if len(set(dirs)) != len(dirs):
+            raise InvalidRequestError(f"two credspec ARNs name the same directory: {dirs}")
+        if self.store.exists(lease_id):
+            raise InvalidRequestError(f"lease {lease_id} already exists")
+
+        endpoint = self.config.aws_endpoint_url
+        account = aws.caller_account(credentials, endpoint)
+        secrets: dict[str, SecretIdentity] = {}
+        items: list[tuple[CredspecArn, Credspec, UserIdentity]] = []
+        seen: dict[tuple[str, str], str] = {}
+        for ref in refs:
+            text = aws.fetch_credspec(ref, credentials, endpoint_url=endpoint, account=account)
+            try:
+                spec = parse_credspec(text)
+            except CredfetcherError as exc:
+                raise type(exc)(f"credspec {ref.location}: {exc.message}") from exc
+            if spec.credential_arn is None:
+                raise InvalidRequestError(
+                    f"credspec {ref.location} has no ActiveDirectoryConfig.HostAccountConfig."
+                    "PluginInput.CredentialArn (the secret holding the identity that may read "
+                    "the gMSA's password)"
+                )
+            # The scheduler knows a lease's gMSA by name: one directory per gMSA and lease.
+            other = seen.setdefault((spec.domain, spec.gmsa_name.lower()), ref.directory)
+            if other != ref.directory:
+                raise InvalidRequestError(
+                    f"gMSA {spec.gmsa_name} is named twice in lease {lease_id} "
+                    f"(directories {other} and {ref.directory})"
+                )
+            secret = secrets.get(spec.credential_arn)
+            if secret is None:
+                secret = aws.read_identity_secret(
+                    spec.credential_arn, credentials, endpoint_url=endpoint
+                )
+                secrets[spec.credential_arn] = secret
+            items.append((ref, spec, secret.user))
+        with self._add_slots:
+            return self._add_arn_lease(lease_id, items, ownership or self.default_ownership())
+
+    def _add_arn_lease(
+        self,
+        lease_id: str,
+        items: list[tuple[CredspecArn, Credspec, UserIdentity]],
+        ownership: Ownership,
+    ) -> ArnLeaseResult:
+        acquired = []
+        for ref, spec, user in items:
+            account = self.account(spec.domain, spec.gmsa_name, user)
+            try:
+                tgt, material = account.acquire_tgt()
+            except CredfetcherError as exc:
+                if exc.gmsa is None:
+                    exc.gmsa = spec.gmsa_name
+                raise
+            acquired.append((ref, spec, account, tgt, material))
+
+        record = LeaseRecord(
+            lease_id=lease_id,
+            entries=tuple(
+                GmsaEntry(
+                    gmsa_name=spec.gmsa_name,
+                    domain=spec.domain,
+                    distinguished_name=material.dn,
+                    credspec=spec.raw,
+                    credential_arn=spec.credential_arn,
+                    directory=ref.directory,
+                )
+                for ref, spec, _, _, material in acquired
+            ),
+            domainless_user=ARN_LEASE_USER,
+            ownership=ownership,
+            write_keytab=self.config.write_keytab,
+            created_at=self.clock(),
+            kind="arn",
+        )
+        self.store.prepare()
+        staging = self.store.stage(lease_id)
+        infos = []
+        try:
+            for (_, _, account, tgt, material), entry in zip(acquired, record.entries, strict=True):
+                gdir = self.store.staged_entry_dir(staging, entry)
+                infos.append(tickets.store_tgt(tgt, gdir / CCACHE_NAME, ownership))
+                if record.write_keytab:
+                    write_keytab(
+                        gdir / KEYTAB_NAME,
+                        tgt.principal,
+                        account.keytab_keys(material, rc4=self.config.enable_rc4),
+                        ownership,
+                    )
+            with self.scheduler.lease_lock(lease_id):
+                self.store.commit(staging, record)
+        except BaseException:
+            self.store.discard(staging)
+            raise
+        with self._lock:
+            self._leases[lease_id] = record
+        for (_, spec, account, _, _), info in zip(acquired, infos, strict=True):
+            self.scheduler.register(
+                account.key, account, self._target(record, spec.gmsa_name), info
+            )
+        log.info(
+            "created ARN lease %s for %s",
+            lease_id,
+            ", ".join(spec.gmsa_name for _, spec, _ in items),
+            extra={"LEASE_ID": lease_id},
+        )
+        return ArnLeaseResult(
+            lease_id,
+            tuple(
+                (ref.arn, self.store.entry_dir(lease_id, entry))
+                for (ref, _, _), entry in zip(items, record.entries, strict=True)
+            ),
+        )
+
+    def renew_arn_leases(self, credentials: AwsCredentials) -> int:
+        """RenewKerberosArnLease: re-read every ARN lease's secrets with ``credentials``, renew.
+
+        Every ARN lease is attempted; the first error is raised after all were tried (its
+        message counts the failures). Returns the number of gMSA tickets renewed.
+        """
+        with self._lock:
+            records = [r for r in self._leases.values() if r.kind == "arn"]
+        secrets: dict[str, SecretIdentity] = {}
+        errors: list[CredfetcherError] = []
+        renewed = 0
+        for record in records:
+            try:
+                plan = []
+                for entry in record.entries:
+                    if entry.credential_arn is None:
+                        raise InvalidRequestError(
+                            f"lease {record.lease_id}: gMSA {entry.gmsa_name} has no "
+                            "CredentialArn in its metadata"
+                        )
+                    secret = secrets.get(entry.credential_arn)
+                    if secret is None:
+                        secret = aws.read_identity_secret(
+                            entry.credential_arn,
+                            credentials,
+                            endpoint_url=self.config.aws_endpoint_url,
+                        )
+                        secrets[entry.credential_arn] = secret
+                    plan.append(
+                        (entry, self.account(entry.domain, entry.gmsa_name, secret.user))
+                    )
+            except CredfetcherError as exc:
+                errors.append(exc)
+                continue
+            renewed += self._rebind_lease(record, plan, errors)
+        if errors:
+            first = errors[0]
+            if len(errors) > 1:
+                first.message = f"{first.message} (and {len(errors) - 1} more failure(s))"
+            raise first
+        return renewed
+
+    def _rebind_lease(
+        self,
+        record: LeaseRecord,
+        plan: list[tuple[GmsaEntry, GmsaAccount]],
+        errors: list[CredfetcherError],
+    ) -> int:
+        """Give each gMSA of ``record`` its own account (identity) and renew it now."""
+        with self._lock:
+            if record.lease_id not in self._leases:
+                return 0  # deleted meanwhile
+        # Per-target moves: each gMSA of an ARN lease may come with a different identity. Each
+        # target joins with the ticket it holds, so the renewal thread doesn't find it due and
+        # race the renewal below (a second ticket in the same second is refused as not newer).
+        self.scheduler.unregister_lease(record.lease_id)
+        now = self.clock()
+        for entry, account in plan:
+            target = self._target(record, entry.gmsa_name)
+            info = tickets.read_ticket_info(target.ccache)
+            self.scheduler.register(
+                account.key, account, target, info if info and info.endtime > now else None
+            )
+        renewed = 0
+        for entry, account in plan:
+            error = self.scheduler.renew_group(account.key)
+            if error is not None:
+                if error.gmsa is None:
+                    error.gmsa = entry.gmsa_name
+                errors.append(error)
+            else:
+                renewed += 1
+        return renewed
+
+    def secret_identity(self, *, refresh: bool = False) -> UserIdentity | None:
+        """The CF_AWS_SM_SECRET_NAME identity (None when unset), re-read every 10 minutes.
+
+        A changed secret (another user or password) moves every lease made with it to the new
+        identity. Raises the AWS error when the secret cannot be read and none is cached.
+        """
+        name = self.config.aws_sm_secret_name
+        if name is None:
+            return None
+        with self._sm_lock:
+            current = self._sm
+            now = time.monotonic()
+            if current is not None and not refresh and now - self._sm_read_at < SECRET_REFRESH:
+                return current.user
+            fresh = aws.read_identity_secret(
+                name, None, endpoint_url=self.config.aws_endpoint_url
+            )
+            self._sm, self._sm_read_at = fresh, now
+        if current is None or current.user.key != fresh.user.key:
+            log.info("identity from secret %s: %s", name, fresh.user.label)
+            self._attach_secret_leases(fresh.user)
+        return fresh.user
+
+    def _attach_secret_leases(self, user: UserIdentity) -> None:
+        with self._lock:
+            records = [r for r in self._leases.values() if r.kind == "aws-secret"]
+        errors: list[CredfetcherError] = []
+        for record in records:
+            plan = [(e, self.account(e.domain, e.gmsa_name, user)) for e in record.entries]
+            self._rebind_lease(record, plan, errors)
+        for error in errors:
+            log.warning("renewal with the identity from the secret failed: %s", error.message)
+
+    def refresh_secret_identity(self) -> None:
+        """One check of the periodic refresh: re-read when due, or early while renewals fail."""
+        if self.config.aws_sm_secret_name is None:
+            return
+        with self._lock:
+            records = [r for r in self._leases.values() if r.kind == "aws-secret"]
+        failing = any(
+            (status := self.scheduler.status(r.lease_id, e.gmsa_name)) is not None
+            and (status.last_error or status.waiting_for_credentials)
+            for r in records
+            for e in r.entries
+        )
+        age = time.monotonic() - self._sm_read_at
+        if self._sm is None or age >= SECRET_REFRESH or (failing and age >= SECRET_RETRY):
+            self.secret_identity(refresh=True)
+
+    def secret_refresh_loop(self, stop: threading.Event, interval: float = SECRET_RETRY) -> None:
+        """Thread body: :meth:`refresh_secret_identity` every ``interval`` s until ``stop``."""
+        while not stop.wait(interval):
+            try:
+                self.refresh_secret_identity()
+            except CredfetcherError as exc:
+                log.warning("cannot read CF_AWS_SM_SECRET_NAME: %s", exc.message)
+            except Exception:
+                log.exception("refreshing the CF_AWS_SM_SECRET_NAME identity failed")

@@ -203,12 +203,20 @@ def test_grpc_health_and_reflection_are_served(daemon: Daemon) -> None:
     assert "credentialsfetcher.CredentialsFetcherService" in names
 
 
-def test_socket_mode_and_arn_unimplemented(daemon: Daemon) -> None:
+def test_socket_mode_and_arn_without_lease_part(daemon: Daemon) -> None:
     assert daemon.socket_path.stat().st_mode & 0o777 == 0o660
     with daemon.client() as stub, pytest.raises(grpc.RpcError) as info:
-        stub.AddKerberosArnLease(pb.KerberosArnLeaseRequest(credspec_arns=["arn:aws:s3:::b/k"]))
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "credfetcher[aws]" in (info.value.details() or "")
+        stub.AddKerberosArnLease(
+            pb.KerberosArnLeaseRequest(
+                credspec_arns=["arn:aws:s3:::b/k"],
+                access_key_id="AKID",
+                secret_access_key="secret",
+                region="us-east-1",
+            )
+        )
+    # ARN leases are served (tests/integration/test_aws.py); this one lacks "#<lease>/<dir>".
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "#" in (info.value.details() or "")
 
 
 def test_domainless_lease_and_renew(daemon: Daemon) -> None:

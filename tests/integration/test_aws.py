@@ -1,0 +1,334 @@
+"""ARN leases and CF_AWS_SM_SECRET_NAME: boto3 against moto's server, Kerberos against the real DC.
+
+moto runs in server mode (a real HTTP endpoint on 127.0.0.1) for S3, STS and Secrets Manager; the
+daemon reaches it through CF_AWS_ENDPOINT_URL. moto (5.2.5) does NOT enforce S3's
+ExpectedBucketOwner (it serves the object whatever owner is named, and shares buckets across
+accounts), so a wrong bucket owner cannot be produced end to end here: the test below checks that
+both S3 calls carry the header with the account STS reports for the caller, and
+tests/unit/test_aws.py checks that S3's 403 becomes PERMISSION_DENIED.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import grpc
+import pytest
+from moto.server import ThreadedMotoServer
+
+from credfetcher import aws
+from credfetcher._proto import credentialsfetcher_pb2 as pb
+from credfetcher.credspec import make_credspec
+from credfetcher.errors import InvalidRequestError
+from credfetcher.tickets import read_ticket_info
+from tests.conftest import TestDC
+from tests.integration.daemon import Daemon, running_daemon
+from tests.integration.test_daemon import assert_valid_ccache, tree_digest
+
+BUCKET = "credspecs"
+REGION = "us-east-1"
+# moto's default account: what STS GetCallerIdentity returns for any plain access key.
+OWNER_ACCOUNT = "123456789012"
+KEYS = {"aws_access_key_id": "AKIDMOTOTEST", "aws_secret_access_key": "moto-secret-key"}
+SESSION_TOKEN = "moto-session-token"
+
+
+@dataclass(frozen=True)
+class Moto:
+    url: str
+    secret_arn: str
+    missing_secret_arn: str
+
+    def client(self, service: str) -> Any:
+        return boto3.client(service, endpoint_url=self.url, region_name=REGION, **KEYS)
+
+    def arn(self, key: str, lease_id: str, directory: str) -> str:
+        return f"arn:aws:s3:::{BUCKET}/{key}#{lease_id}/{directory}"
+
+    def request(self, *arns: str) -> pb.KerberosArnLeaseRequest:
+        return pb.KerberosArnLeaseRequest(
+            credspec_arns=list(arns),
+            access_key_id=KEYS["aws_access_key_id"],
+            secret_access_key=KEYS["aws_secret_access_key"],
+            session_token=SESSION_TOKEN,
+            region=REGION,
+        )
+
+    def renew_request(self) -> pb.RenewKerberosArnLeaseRequest:
+        return pb.RenewKerberosArnLeaseRequest(
+            access_key_id=KEYS["aws_access_key_id"],
+            secret_access_key=KEYS["aws_secret_access_key"],
+            session_token=SESSION_TOKEN,
+            region=REGION,
+        )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def domainless_credspec(dc: TestDC, gmsa: str, secret_arn: str) -> str:
+    doc = json.loads(make_credspec(gmsa, dc.domain, dc.netbios))
+    doc["ActiveDirectoryConfig"]["HostAccountConfig"] = {
+        "PortableCcgVersion": "1",
+        "PluginGUID": "{859E1386-BDB4-49E8-85C7-3070B13920E1}",
+        "PluginInput": {"CredentialArn": secret_arn},
+    }
+    return json.dumps(doc)
+
+
+@pytest.fixture(scope="module")
+def moto(samba_dc: TestDC) -> Iterator[Moto]:
+    # werkzeug logs every request moto serves at INFO; keep the test output readable.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        sm = boto3.client("secretsmanager", endpoint_url=url, region_name=REGION, **KEYS)
+        secret_arn = sm.create_secret(
+            Name="gmsa-reader",
+            SecretString=json.dumps(
+                {
+                    "username": samba_dc.user,
+                    "password": samba_dc.user_password,
+                    "domainName": samba_dc.domain,
+                }
+            ),
+        )["ARN"]
+        missing = f"arn:aws:secretsmanager:{REGION}:{OWNER_ACCOUNT}:secret:no-such-secret-AbCdEf"
+        s3 = boto3.client("s3", endpoint_url=url, region_name=REGION, **KEYS)
+        s3.create_bucket(Bucket=BUCKET)
+        for gmsa in samba_dc.gmsas:
+            s3.put_object(
+                Bucket=BUCKET,
+                Key=f"{gmsa}.json",
+                Body=domainless_credspec(samba_dc, gmsa, secret_arn).encode(),
+            )
+        big = json.loads(domainless_credspec(samba_dc, samba_dc.gmsas[0], secret_arn))
+        big["Padding"] = "x" * 4200
+        s3.put_object(Bucket=BUCKET, Key="oversized.json", Body=json.dumps(big).encode())
+        s3.put_object(
+            Bucket=BUCKET,
+            Key="missing-secret.json",
+            Body=domainless_credspec(samba_dc, samba_dc.gmsas[0], missing).encode(),
+        )
+        s3.put_object(
+            Bucket=BUCKET,
+            Key="no-secret.json",
+            Body=make_credspec(samba_dc.gmsas[0], samba_dc.domain).encode(),
+        )
+        yield Moto(url=url, secret_arn=secret_arn, missing_secret_arn=missing)
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def daemon(samba_dc: TestDC, moto: Moto, tmp_path: Path) -> Iterator[Daemon]:
+    with running_daemon(samba_dc, tmp_path / "d", CF_AWS_ENDPOINT_URL=moto.url) as d:
+        yield d
+
+
+def test_arn_lease_for_two_gmsas_renew_and_restart(daemon: Daemon, moto: Moto) -> None:
+    dc = daemon.dc
+    g1, g2 = dc.gmsas[:2]
+    # The second directory is the caller's own name, not the gMSA's (credentials-fetcher's rule).
+    arns = [moto.arn(f"{g1}.json", "task-0001", g1), moto.arn(f"{g2}.json", "task-0001", "app")]
+    with daemon.client() as stub:
+        resp = stub.AddKerberosArnLease(moto.request(*arns), timeout=60)
+    lease = daemon.krb_dir / "task-0001"
+    assert resp.lease_id == "task-0001"
+    mapping = resp.krb_ticket_response_map
+    assert [(m.credspec_arns, m.created_kerberos_file_paths) for m in mapping] == [
+        (f"arn:aws:s3:::{BUCKET}/{g1}.json", str(lease / g1)),
+        (f"arn:aws:s3:::{BUCKET}/{g2}.json", str(lease / "app")),
+    ]
+    ccaches = [lease / g1 / "krb5cc", lease / "app" / "krb5cc"]
+    for gmsa, ccache in zip((g1, g2), ccaches, strict=True):
+        assert_valid_ccache(daemon, ccache, gmsa)
+    meta = json.loads((lease / "task-0001_metadata.json").read_text())
+    assert [i["credential_arn"] for i in meta["krb_ticket_info"]] == [moto.secret_arn] * 2
+    assert meta["credfetcher"]["kind"] == "arn"
+
+    def snapshot() -> list[tuple[int, int]]:
+        out = []
+        for c in ccaches:
+            info = read_ticket_info(c)
+            assert info is not None
+            out.append((c.stat().st_ino, info.endtime))
+        return out
+
+    before = snapshot()
+    time.sleep(1.5)  # ticket times have one-second resolution
+    with daemon.client() as stub:
+        renewed = stub.RenewKerberosArnLease(moto.renew_request(), timeout=60)
+    assert renewed.status == "successful"
+    after = snapshot()
+    for (_, end0), (_, end1) in zip(before, after, strict=True):
+        assert end1 > end0  # a new ticket (the file is replaced by rename: inodes get reused)
+    for gmsa, ccache in zip((g1, g2), ccaches, strict=True):
+        assert_valid_ccache(daemon, ccache, gmsa)
+
+    # After a restart the secrets are gone from memory: the lease waits for the next renewal.
+    daemon.stop()
+    daemon.start()
+    with daemon.client() as stub:
+        listed = stub.ListLeases(pb.ListLeasesRequest())
+        [view] = [v for v in listed.leases if v.lease_id == "task-0001"]
+        assert sorted(t.krb_file_path for t in view.tickets) == sorted(
+            str(c.parent) for c in ccaches
+        )
+        before = snapshot()
+        time.sleep(1.5)
+        assert stub.RenewKerberosArnLease(moto.renew_request(), timeout=60).status == "successful"
+        listed = stub.ListLeases(pb.ListLeasesRequest())
+    [view] = [v for v in listed.leases if v.lease_id == "task-0001"]
+    assert view.state == "active"
+    assert all(a[1] > b[1] for a, b in zip(snapshot(), before, strict=True))
+
+    # Nothing secret in what the daemon writes.
+    assert dc.user_password not in daemon.log()
+    assert KEYS["aws_secret_access_key"] not in daemon.log()
+    assert SESSION_TOKEN not in daemon.log()
+    assert dc.user_password not in (lease / "task-0001_metadata.json").read_text()
+
+
+FAILURES = {
+    "no lease part": (["{bucket}/{g}.json"], grpc.StatusCode.INVALID_ARGUMENT, "exactly one '#'"),
+    "lease id is ..": (
+        ["{bucket}/{g}.json#../x"], grpc.StatusCode.INVALID_ARGUMENT, "not a lease id"
+    ),
+    "two lease ids": (
+        ["{bucket}/{g}.json#lease-a/a", "{bucket}/{g2}.json#lease-b/b"],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "same lease id",
+    ),
+    "oversized credspec": (
+        ["{bucket}/oversized.json#lease-c/a"],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "at most 4000 are accepted",
+    ),
+    "missing secret": (
+        ["{bucket}/{g2}.json#lease-d/a", "{bucket}/missing-secret.json#lease-d/b"],
+        grpc.StatusCode.NOT_FOUND,
+        "no-such-secret-AbCdEf",
+    ),
+    "credspec without CredentialArn": (
+        ["{bucket}/no-secret.json#lease-e/a"],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "CredentialArn",
+    ),
+    "missing object": (
+        ["{bucket}/nothing-here.json#lease-f/a"],
+        grpc.StatusCode.NOT_FOUND,
+        "s3://credspecs/nothing-here.json",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FAILURES))
+def test_arn_failures_are_clear_and_leave_nothing(daemon: Daemon, moto: Moto, case: str) -> None:
+    templates, code, text = FAILURES[case]
+    dc = daemon.dc
+    arns = [
+        "arn:aws:s3:::"
+        + t.format(bucket=BUCKET, g=dc.gmsas[0], g2=dc.gmsas[1])
+        for t in templates
+    ]
+    daemon.add(dc.gmsas[2])  # an existing lease, which must stay byte-identical
+    before = tree_digest(daemon.krb_dir)
+    with daemon.client() as stub, pytest.raises(grpc.RpcError) as info:
+        stub.AddKerberosArnLease(moto.request(*arns), timeout=60)
+    assert info.value.code() == code, info.value.details()
+    assert text in (info.value.details() or "")
+    assert tree_digest(daemon.krb_dir) == before
+
+
+def test_renew_arn_needs_credentials(daemon: Daemon) -> None:
+    with daemon.client() as stub, pytest.raises(grpc.RpcError) as info:
+        stub.RenewKerberosArnLease(pb.RenewKerberosArnLeaseRequest(region=REGION), timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "access_key_id" in (info.value.details() or "")
+
+
+def test_expected_bucket_owner_is_the_callers_account(moto: Moto, samba_dc: TestDC,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both S3 calls name the caller's account (from STS) as the bucket owner.
+
+    Credentials of another account (moto: assumed role in 111111111111) must send that account,
+    which real S3 answers with 403 AccessDenied for a bucket owned by 123456789012. moto ignores
+    the header and serves the object, so only the header is checked here.
+    """
+    role = moto.client("sts").assume_role(
+        RoleArn="arn:aws:iam::111111111111:role/task-execution", RoleSessionName="cf-test"
+    )["Credentials"]
+    creds = aws.AwsCredentials.from_request(
+        role["AccessKeyId"], role["SecretAccessKey"], role["SessionToken"], REGION
+    )
+    seen: list[tuple[str, str | None]] = []
+    make_client = aws._client
+
+    def spying_client(*args: Any, **kwargs: Any) -> Any:
+        client = make_client(*args, **kwargs)
+
+        def record(request: Any, **_: Any) -> None:
+            owner = request.headers.get("x-amz-expected-bucket-owner")
+            seen.append((request.method, owner.decode() if isinstance(owner, bytes) else owner))
+
+        client.meta.events.register("before-send.s3", record)
+        return client
+
+    monkeypatch.setattr(aws, "_client", spying_client)
+    ref = aws.parse_credspec_arn(moto.arn(f"{samba_dc.gmsas[0]}.json", "lease-x", "x"))
+    text = aws.fetch_credspec(ref, creds, endpoint_url=moto.url)
+    assert samba_dc.gmsas[0] in text
+    assert seen == [("HEAD", "111111111111"), ("GET", "111111111111")]
+    with pytest.raises(InvalidRequestError, match="4000"):
+        aws.fetch_credspec(
+            aws.parse_credspec_arn(moto.arn("oversized.json", "lease-x", "x")),
+            creds,
+            endpoint_url=moto.url,
+        )
+
+
+def test_daemon_wide_secret_identity(samba_dc: TestDC, moto: Moto, tmp_path: Path) -> None:
+    """CF_AWS_SM_SECRET_NAME: AddKerberosLease reads gMSAs as the secret's user, also after a
+    restart (the daemon re-reads the secret with its own AWS credentials)."""
+    env = {
+        "CF_AWS_ENDPOINT_URL": moto.url,
+        "CF_AWS_SM_SECRET_NAME": "gmsa-reader",
+        "AWS_ACCESS_KEY_ID": KEYS["aws_access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": KEYS["aws_secret_access_key"],
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
+    }
+    with running_daemon(samba_dc, tmp_path / "d", **env) as daemon:
+        resp = daemon.add(samba_dc.gmsas[0])
+        ccache = Path(resp.created_kerberos_file_paths[0]) / "krb5cc"
+        assert_valid_ccache(daemon, ccache, samba_dc.gmsas[0])
+        meta_path = daemon.krb_dir / resp.lease_id / f"{resp.lease_id}_metadata.json"
+        meta = json.loads(meta_path.read_text())
+        assert meta["credfetcher"]["kind"] == "aws-secret"
+        assert meta["krb_ticket_info"][0]["domainless_user"].lower() == (
+            f"{samba_dc.user}@{samba_dc.realm}".lower()
+        )
+        daemon.stop()
+        daemon.start()
+        with daemon.client() as stub:
+            listed = stub.ListLeases(pb.ListLeasesRequest())
+        [view] = [v for v in listed.leases if v.lease_id == resp.lease_id]
+        assert view.state == "active", view
+        assert samba_dc.user_password not in daemon.log()
