@@ -62,6 +62,15 @@ def validate_gmsa_name(name: str) -> str:
             "(AD's limit for service account names)",
             field="GroupManagedServiceAccounts[].Name",
         )
+    try:
+        # A lone surrogate (a JSON "\ud800" escape) is no Unicode text: LDAP (UTF-8, RFC 4511
+        # 4.1.2) and the file system cannot carry it.
+        bare.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CredspecError(
+            f"gMSA name {bare!r} is not valid Unicode (it holds a lone UTF-16 surrogate)",
+            field="GroupManagedServiceAccounts[].Name",
+        ) from None
     if _SAM_FORBIDDEN.search(bare) or bare.strip(". ") == "" or bare != bare.strip():
         raise CredspecError(
             f"gMSA name {bare!r} contains characters Active Directory does not allow "

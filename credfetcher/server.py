@@ -30,6 +30,7 @@ from credfetcher.files import Ownership
 from credfetcher.identity import UserIdentity
 from credfetcher.peercred import AllowList, PeerGate, deny_server
 from credfetcher.service import LeaseService
+from credfetcher.wire import DecodeErrorInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +233,7 @@ class Server:
         self.health = health.HealthServicer()
         self.grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.rpc_threads, thread_name_prefix="rpc"),
+            interceptors=[DecodeErrorInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
