@@ -522,6 +522,42 @@ class DirectoryClient:
             attempts=attempts,
         )
 
+    def warm(self, identity: Identity) -> bool:
+        """Bind a pooled connection as ``identity`` now, ahead of the first read (best effort).
+
+        For start-up: the identity's TGT, the DC's service ticket and the bind are what the first
+        lease would otherwise wait for. The first DC/transport that binds is kept, exactly as
+        :meth:`fetch_managed_password` would pool it. Nothing is raised and no DC is marked
+        down: a failure is logged and left for the first real read to retry and report.
+        """
+        if self._closed:
+            return False
+        try:
+            dcs = self._ordered_dcs()
+        except errors.CredfetcherError as exc:
+            log.info("start-up bind skipped: %s", exc.message)
+            return False
+        for dc in dcs:
+            for endpoint in self._endpoints(dc):
+                slot = self._slot(endpoint, identity)
+                with slot.lock:
+                    if slot.conn is not None:
+                        return True
+                    try:
+                        slot.conn = self._connect(endpoint, identity)
+                    except _AttemptFailed as exc:
+                        log.info("start-up bind failed", extra={"dc": endpoint.label,
+                                                                 "reason": exc.reason})
+                        continue
+                    except errors.CredfetcherError as exc:  # our identity, not the DC
+                        log.info("start-up bind skipped: %s", exc.message)
+                        return False
+                    slot.last_used = self._clock()
+                with self._lock:
+                    self._preferred = dc
+                return True
+        return False
+
     def close(self) -> None:
         """Unbind every pooled connection; further fetches raise."""
         with self._lock:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import krb5
+
 from credfetcher import aws, tickets
 from credfetcher.accounts import AccountKey, GmsaAccount, Identity
 from credfetcher.config import Config
@@ -191,6 +193,8 @@ class LeaseService:
 
     def start(self) -> None:
         """Recover leases from disk, renew what is missing or expired, start the scheduler."""
+        # Off the start-up path: a slow or absent DC must not delay serving.
+        threading.Thread(target=self.warm_up, name="warm-up", daemon=True).start()
         records = self.store.recover()
         now = self.clock()
         for record in records:
@@ -216,6 +220,21 @@ class LeaseService:
         # Missing or expired caches are due now; renew them before serving.
         self.scheduler.run_due()
         self.scheduler.start()
+
+    def warm_up(self) -> None:
+        """Get the host's TGT and bind to a DC now, so the first lease doesn't wait for them.
+
+        The domain is the machine principal's realm, else krb5.conf's default realm. Best effort:
+        a failure is only logged; the first request tries again and reports it.
+        """
+        try:
+            realm = (self.config.machine_principal or "").rpartition("@")[2]
+            if not realm:
+                realm = krb5.get_default_realm(krb5.init_context()).decode()
+            domain = realm.lower()
+            self.directory(domain).warm(self.host_identity(domain))
+        except Exception as exc:  # never fatal: nothing depends on the warm-up
+            log.info("start-up bind skipped: %s", exc)
 
     def stop(self) -> None:
         self.scheduler.stop()

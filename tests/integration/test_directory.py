@@ -296,6 +296,26 @@ def test_fifty_concurrent_fetches_reuse_connections(
     assert client.search_count >= 50
 
 
+def test_warm_binds_ahead_and_the_first_read_reuses_it(
+    make_client: MakeClient, samba_dc: TestDC, host: HostIdentity, closed_port: int
+) -> None:
+    # The first DC refuses connections: warm moves on and pools the one that binds.
+    client = make_client(f"ldap://{samba_dc.dc_fqdn}:{closed_port}, {samba_dc.dc_fqdn}")
+    assert client.warm(host)
+    assert (client.bind_count, client.search_count) == (1, 0)
+    assert client.warm(host)  # already bound: nothing more
+    assert client.fetch_managed_password(samba_dc.gmsas[0], host).blob
+    assert client.bind_count == 1
+
+
+def test_warm_never_raises(make_client: MakeClient, samba_dc: TestDC, closed_port: int) -> None:
+    missing = HostIdentity(samba_dc.host_principal, Path("/nonexistent/krb5.keytab"))
+    assert not make_client().warm(missing)
+    assert not make_client(f"ldap://{samba_dc.dc_fqdn}:{closed_port}").warm(
+        HostIdentity(samba_dc.host_principal, samba_dc.host_keytab)
+    )
+
+
 def test_broken_pooled_connection_is_reestablished(
     make_client: MakeClient, samba_dc: TestDC, host: HostIdentity
 ) -> None:
