@@ -64,6 +64,19 @@ SECRET_RETRY = 30.0
 
 
 
+# libkrb5's KRB5_KDC_UNREACH (krb5_err.h): no KDC of a configured realm answered.
+_KDC_UNREACH = -1765328228
+
+
+def _is_dc_outage(exc: CredfetcherError) -> bool:
+    """A DC or KDC that did not answer: what HealthCheck reports. A realm this host has no KDC
+    for, an unknown or disabled account, a wrong password: the caller's problem, not an outage
+    (any caller could otherwise make the host report its DC unreachable)."""
+    if isinstance(exc, DCUnavailableError):
+        return True
+    return isinstance(exc, KerberosError) and exc.code == _KDC_UNREACH
+
+
 @dataclass(frozen=True)
 class LeaseResult:
     lease_id: str
@@ -317,7 +330,7 @@ class LeaseService:
             except CredfetcherError as exc:
                 if exc.gmsa is None:
                     exc.gmsa = spec.gmsa_name
-                if isinstance(exc, (DCUnavailableError, KerberosError)):
+                if _is_dc_outage(exc):
                     self.scheduler.last_dc_error = exc.message
                 raise
             self.scheduler.last_dc_success = time.monotonic()
