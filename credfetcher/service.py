@@ -63,7 +63,6 @@ SECRET_REFRESH = 600.0
 SECRET_RETRY = 30.0
 
 
-
 # libkrb5's KRB5_KDC_UNREACH (krb5_err.h): no KDC of a configured realm answered.
 _KDC_UNREACH = -1765328228
 
