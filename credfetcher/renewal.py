@@ -177,18 +177,25 @@ class RenewalScheduler:
                     del self._groups[key]
             self._lease_locks.pop(lease_id, None)
 
-    def move_lease(self, lease_id: str, new_key: Hashable, account: Account) -> list[Target]:
-        """Move a lease's targets to another account (new domainless credentials)."""
+    def move_target(
+        self, lease_id: str, gmsa: str, new_key: Hashable, account: Account
+    ) -> Target | None:
+        """Move one lease's copy of one gMSA to another account (new domainless credentials).
+
+        Only that target moves: each gMSA of a lease has its own account, and moving the whole
+        lease would write one gMSA's TGT into another's ccache.
+        """
         with self._lock:
-            moved: list[Target] = []
+            moved: Target | None = None
             for key in list(self._groups):
                 group = self._groups[key]
-                for tk in [tk for tk in group.targets if tk[0] == lease_id]:
-                    moved.append(group.targets.pop(tk))
-                if not group.targets:
-                    del self._groups[key]
-            for target in moved:
-                self.register(new_key, account, target, None)
+                if (lease_id, gmsa) in group.targets:
+                    moved = group.targets.pop((lease_id, gmsa))
+                    if not group.targets:
+                        del self._groups[key]
+                    break
+            if moved is not None:
+                self.register(new_key, account, moved, None)
             return moved
 
     # -- status ----------------------------------------------------------------------------

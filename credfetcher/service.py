@@ -423,7 +423,7 @@ class LeaseService:
         for record in records:
             for entry in record.entries:
                 account = self.account(entry.domain, entry.gmsa_name, user)
-                self.scheduler.move_lease(record.lease_id, account.key, account)
+                self.scheduler.move_target(record.lease_id, entry.gmsa_name, account.key, account)
                 error = self.scheduler.renew_group(account.key)
                 if error is not None:
                     if error.gmsa is None:

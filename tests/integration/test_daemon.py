@@ -224,22 +224,27 @@ def test_domainless_lease_and_renew(daemon: Daemon) -> None:
     with daemon.client() as stub:
         resp = stub.AddNonDomainJoinedKerberosLease(
             pb.CreateNonDomainJoinedKerberosLeaseRequest(
-                credspec_contents=[daemon.credspec(dc.gmsas[0])],
+                credspec_contents=[daemon.credspec(g) for g in dc.gmsas[:2]],
                 username=dc.user,
                 password=dc.user_password,
                 domain=dc.domain,
             ),
             timeout=60,
         )
-        ccache = Path(resp.created_kerberos_file_paths[0]) / "krb5cc"
-        assert_valid_ccache(daemon, ccache, dc.gmsas[0])
+        ccaches = [Path(d) / "krb5cc" for d in resp.created_kerberos_file_paths]
+        for gmsa, ccache in zip(dc.gmsas[:2], ccaches, strict=True):
+            assert_valid_ccache(daemon, ccache, gmsa)
+        time.sleep(1.1)  # a renewal in the same second as the Add would get no later ticket
         renewed = stub.RenewNonDomainJoinedKerberosLease(
             pb.RenewNonDomainJoinedKerberosLeaseRequest(
                 username=dc.user, password=dc.user_password, domain=dc.domain
             ),
             timeout=60,
         )
-        assert list(renewed.renewed_kerberos_file_paths) == [str(ccache)]
+        assert sorted(renewed.renewed_kerberos_file_paths) == sorted(str(c) for c in ccaches)
+        # Each gMSA's cache still holds that gMSA's own ticket after the renewal.
+        for gmsa, ccache in zip(dc.gmsas[:2], ccaches, strict=True):
+            assert_valid_ccache(daemon, ccache, gmsa)
         with pytest.raises(grpc.RpcError) as info:
             stub.AddNonDomainJoinedKerberosLease(
                 pb.CreateNonDomainJoinedKerberosLeaseRequest(
