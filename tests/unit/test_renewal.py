@@ -472,8 +472,9 @@ def test_domainless_group_without_account_waits_and_is_never_attempted(
 
     # Credentials arrive (RenewNonDomainJoinedKerberosLease): the lease moves and is renewed.
     account = FakeAccount("webapp", clock)
-    moved = sched.move_lease("dl", "user-account", account)
-    assert [t.lease_id for t in moved] == ["dl"]
+    moved = sched.move_target("dl", "webapp", "user-account", account)
+    assert moved is not None
+    assert (moved.lease_id, moved.gmsa) == ("dl", "webapp")
     assert sched.run_due() == 1
     assert len(writes) == 1
     status = sched.status("dl", "webapp")
@@ -553,3 +554,19 @@ def test_an_orphan_that_cannot_be_removed_does_not_end_the_pass(
     clock.advance(ORPHAN_AFTER + 1)
     sched.run_due()
     assert removed == ["b"]
+
+
+def test_moving_one_gmsa_leaves_the_lease_s_other_gmsas_alone(
+    tmp_path: Path, clock: FakeClock, writes: list[Write]
+) -> None:
+    sched = make_scheduler(clock)
+    for gmsa in ("a", "b"):
+        sched.register(("waiting", gmsa), None, target(tmp_path, "dl", gmsa), None)
+    account_a = FakeAccount("a", clock)
+    assert sched.move_target("dl", "a", "acct-a", account_a) is not None
+    sched.run_due()
+    # Only a's cache was written, with a's ticket; b still waits for its own credentials.
+    assert [(w.path.parent.name, w.endtime) for w in writes] == [("a", int(clock()) + LIFE)]
+    status_b = sched.status("dl", "b")
+    assert status_b is not None
+    assert status_b.waiting_for_credentials
