@@ -3,20 +3,26 @@
 Each RPC validates its message, calls :class:`credfetcher.service.LeaseService`, and maps
 credfetcher's errors to gRPC status codes in one place (:func:`status_for`): the code comes from
 the error class (``grpc_code``), the message names the gMSA concerned. An unexpected exception is
-logged with its traceback and answered INTERNAL without internals. Requests are served by a
-thread pool, so one slow DC never blocks other calls or HealthCheck. The standard
+logged with its traceback and answered INTERNAL without internals.
+
+The server is grpc.aio on an event loop of its own thread: HealthCheck is answered on the loop
+itself, and every call that may wait on a DC, the KDC or the disk runs in a thread pool
+(``CF_RPC_THREADS``). However many slow calls are queued for that pool, HealthCheck never waits
+for a worker, so one slow DC never blocks other calls' admission or HealthCheck. The standard
 ``grpc.health.v1`` service and server reflection are registered too, so ``grpc_cli ls`` works
 without a proto file.
 """
 
 from __future__ import annotations
 
+import asyncio
 import grp
 import logging
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Coroutine
 from concurrent import futures
-from typing import NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -47,22 +53,26 @@ def status_for(exc: CredfetcherError) -> tuple[grpc.StatusCode, str]:
     return exc.grpc_code, message
 
 
-def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
-    context.abort(code, message)
-    raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
-
-
-def _call(context: grpc.ServicerContext, rpc: str, fn: Callable[[], T]) -> T:
+async def _call(
+    context: grpc.aio.ServicerContext[Any, Any],
+    rpc: str,
+    fn: Callable[[], T],
+    executor: futures.Executor,
+) -> T:
+    """Run ``fn`` in the pool; translate our errors to a status (one place for all RPCs)."""
     try:
-        return fn()
+        return await asyncio.get_running_loop().run_in_executor(executor, fn)
     except CredfetcherError as exc:
         code, message = status_for(exc)
         level = logging.WARNING if code != grpc.StatusCode.INTERNAL else logging.ERROR
         log.log(level, "%s failed: %s: %s", rpc, code.name, message, extra={"GMSA": exc.gmsa or ""})
-        _abort(context, code, message)
+        await context.abort(code, message)
     except Exception:
         log.exception("%s failed unexpectedly", rpc)
-        _abort(context, grpc.StatusCode.INTERNAL, f"{rpc}: internal error (see the daemon's log)")
+        await context.abort(
+            grpc.StatusCode.INTERNAL, f"{rpc}: internal error (see the daemon's log)"
+        )
+    raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
 
 def _ownership(service: LeaseService, msg: pb.FileOwnership, present: bool) -> Ownership | None:
@@ -88,11 +98,12 @@ def _user(username: str, password: str, domain: str) -> UserIdentity:
 class CredentialsFetcherServicer(pb_grpc.CredentialsFetcherServiceServicer):
     """Every RPC of credentialsfetcher.CredentialsFetcherService."""
 
-    def __init__(self, service: LeaseService) -> None:
+    def __init__(self, service: LeaseService, executor: futures.Executor) -> None:
         self.service = service
+        self.executor = executor
 
-    def AddKerberosLease(
-        self, request: pb.CreateKerberosLeaseRequest, context: grpc.ServicerContext
+    async def AddKerberosLease(
+        self, request: pb.CreateKerberosLeaseRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.CreateKerberosLeaseResponse:
         def run() -> pb.CreateKerberosLeaseResponse:
             own = _ownership(self.service, request.ownership, request.HasField("ownership"))
@@ -102,12 +113,12 @@ class CredentialsFetcherServicer(pb_grpc.CredentialsFetcherServiceServicer):
                 created_kerberos_file_paths=[str(d) for d in result.directories],
             )
 
-        return _call(context, "AddKerberosLease", run)
+        return await _call(context, "AddKerberosLease", run, self.executor)
 
-    def AddNonDomainJoinedKerberosLease(
+    async def AddNonDomainJoinedKerberosLease(
         self,
         request: pb.CreateNonDomainJoinedKerberosLeaseRequest,
-        context: grpc.ServicerContext,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> pb.CreateNonDomainJoinedKerberosLeaseResponse:
         def run() -> pb.CreateNonDomainJoinedKerberosLeaseResponse:
             user = _user(request.username, request.password, request.domain)
@@ -120,12 +131,12 @@ class CredentialsFetcherServicer(pb_grpc.CredentialsFetcherServiceServicer):
                 created_kerberos_file_paths=[str(d) for d in result.directories],
             )
 
-        return _call(context, "AddNonDomainJoinedKerberosLease", run)
+        return await _call(context, "AddNonDomainJoinedKerberosLease", run, self.executor)
 
-    def RenewNonDomainJoinedKerberosLease(
+    async def RenewNonDomainJoinedKerberosLease(
         self,
         request: pb.RenewNonDomainJoinedKerberosLeaseRequest,
-        context: grpc.ServicerContext,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> pb.RenewNonDomainJoinedKerberosLeaseResponse:
         def run() -> pb.RenewNonDomainJoinedKerberosLeaseResponse:
             user = _user(request.username, request.password, request.domain)
@@ -134,10 +145,10 @@ class CredentialsFetcherServicer(pb_grpc.CredentialsFetcherServiceServicer):
                 renewed_kerberos_file_paths=[str(p) for p in paths]
             )
 
-        return _call(context, "RenewNonDomainJoinedKerberosLease", run)
+        return await _call(context, "RenewNonDomainJoinedKerberosLease", run, self.executor)
 
-    def DeleteKerberosLease(
-        self, request: pb.DeleteKerberosLeaseRequest, context: grpc.ServicerContext
+    async def DeleteKerberosLease(
+        self, request: pb.DeleteKerberosLeaseRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.DeleteKerberosLeaseResponse:
         def run() -> pb.DeleteKerberosLeaseResponse:
             paths = self.service.delete_lease(request.lease_id)
@@ -145,16 +156,17 @@ class CredentialsFetcherServicer(pb_grpc.CredentialsFetcherServiceServicer):
                 lease_id=request.lease_id, deleted_kerberos_file_paths=[str(p) for p in paths]
             )
 
-        return _call(context, "DeleteKerberosLease", run)
+        return await _call(context, "DeleteKerberosLease", run, self.executor)
 
-    def HealthCheck(
-        self, request: pb.HealthCheckRequest, context: grpc.ServicerContext
+    async def HealthCheck(
+        self, request: pb.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.HealthCheckResponse:
+        # On the loop, not in the pool: health() only reads in-memory state under short locks.
         ok, message = self.service.health()
         return pb.HealthCheckResponse(status="OK" if ok else message)
 
-    def AddKerberosArnLease(
-        self, request: pb.KerberosArnLeaseRequest, context: grpc.ServicerContext
+    async def AddKerberosArnLease(
+        self, request: pb.KerberosArnLeaseRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.CreateKerberosArnLeaseResponse:
         def run() -> pb.CreateKerberosArnLeaseResponse:
             credentials = AwsCredentials.from_request(
@@ -174,10 +186,10 @@ class CredentialsFetcherServicer(pb_grpc.CredentialsFetcherServiceServicer):
                 ],
             )
 
-        return _call(context, "AddKerberosArnLease", run)
+        return await _call(context, "AddKerberosArnLease", run, self.executor)
 
-    def RenewKerberosArnLease(
-        self, request: pb.RenewKerberosArnLeaseRequest, context: grpc.ServicerContext
+    async def RenewKerberosArnLease(
+        self, request: pb.RenewKerberosArnLeaseRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.RenewKerberosArnLeaseResponse:
         def run() -> pb.RenewKerberosArnLeaseResponse:
             credentials = AwsCredentials.from_request(
@@ -189,10 +201,10 @@ class CredentialsFetcherServicer(pb_grpc.CredentialsFetcherServiceServicer):
             self.service.renew_arn_leases(credentials)
             return pb.RenewKerberosArnLeaseResponse(status="successful")
 
-        return _call(context, "RenewKerberosArnLease", run)
+        return await _call(context, "RenewKerberosArnLease", run, self.executor)
 
-    def ListLeases(
-        self, request: pb.ListLeasesRequest, context: grpc.ServicerContext
+    async def ListLeases(
+        self, request: pb.ListLeasesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListLeasesResponse:
         def run() -> pb.ListLeasesResponse:
             return pb.ListLeasesResponse(
@@ -218,11 +230,15 @@ class CredentialsFetcherServicer(pb_grpc.CredentialsFetcherServiceServicer):
                 ]
             )
 
-        return _call(context, "ListLeases", run)
+        return await _call(context, "ListLeases", run, self.executor)
 
 
 class Server:
-    """The grpcio server bound to the Unix socket, with health and reflection."""
+    """The grpc.aio server bound to the Unix socket, with health and reflection.
+
+    Its event loop runs in a thread of its own, so the daemon's main thread stays a plain loop
+    of signal handling and sd_notify.
+    """
 
     def __init__(self, service: LeaseService) -> None:
         self.service = service
@@ -230,9 +246,21 @@ class Server:
         self.socket_path = config.socket_path
         self._gate: PeerGate | None = None
         self._deny: grpc.Server | None = None
-        self.health = health.HealthServicer()
-        self.grpc = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=config.rpc_threads, thread_name_prefix="rpc"),
+        self._executor = futures.ThreadPoolExecutor(
+            max_workers=config.rpc_threads, thread_name_prefix="rpc"
+        )
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(
+            target=self._loop.run_forever, name="grpc-aio", daemon=True
+        )
+        self.health = health.aio.HealthServicer()
+        self.grpc: grpc.aio.Server | None = None
+
+    def _run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    async def _serve(self, address: str) -> grpc.aio.Server:
+        server = grpc.aio.server(
             interceptors=[DecodeErrorInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -240,16 +268,20 @@ class Server:
             ],
         )
         pb_grpc.add_CredentialsFetcherServiceServicer_to_server(
-            CredentialsFetcherServicer(service), self.grpc
+            CredentialsFetcherServicer(self.service, self._executor), server
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
+        server.add_insecure_port(address)
+        await server.start()
+        return server
 
     def start(self) -> None:
         config = self.service.config
         config.socket_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        self._loop_thread.start()
         gid = grp.getgrnam(config.socket_group).gr_gid if config.socket_group else None
         allow_list = AllowList(config.allowed_uids, config.allowed_gids)
         if allow_list:
@@ -260,8 +292,7 @@ class Server:
             self.socket_path.unlink()
         old_umask = os.umask(0o117)  # the socket is born 0660, never briefly world-writable
         try:
-            self.grpc.add_insecure_port(f"unix:{self.socket_path}")
-            self.grpc.start()
+            self.grpc = self._run(self._serve(f"unix:{self.socket_path}"))
         finally:
             os.umask(old_umask)
         os.chmod(self.socket_path, config.socket_mode)
@@ -276,8 +307,7 @@ class Server:
         private.chmod(0o700)
         for name in ("service.sock", "deny.sock"):
             (private / name).unlink(missing_ok=True)
-        self.grpc.add_insecure_port(f"unix:{private / 'service.sock'}")
-        self.grpc.start()
+        self.grpc = self._run(self._serve(f"unix:{private / 'service.sock'}"))
         self._deny = deny_server(f"unix:{private / 'deny.sock'}")
         self._deny.start()
         self._gate = PeerGate(
@@ -293,16 +323,20 @@ class Server:
             if ok
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        self.health.set("", status)
-        self.health.set(SERVICE_NAME, status)
+        self._run(self.health.set("", status))
+        self._run(self.health.set(SERVICE_NAME, status))
         return ok
 
     def stop(self, grace: float) -> None:
         """Refuse new calls, let in-flight calls finish within ``grace`` seconds."""
-        self.health.enter_graceful_shutdown()
+        self._run(self.health.enter_graceful_shutdown())
         if self._gate is not None:
             self._gate.stop()
-        self.grpc.stop(grace).wait(grace + 1)
+        if self.grpc is not None:
+            self._run(self.grpc.stop(grace), timeout=grace + 2)
         if self._deny is not None:
             self._deny.stop(0).wait(1)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop_thread.join(2)
         self.socket_path.unlink(missing_ok=True)

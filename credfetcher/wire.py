@@ -9,7 +9,8 @@ with protobuf's reason (which names the message type, never the bytes).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -23,19 +24,21 @@ class _Undecodable:
         self.reason = reason
 
 
-class DecodeErrorInterceptor(grpc.ServerInterceptor):
+class DecodeErrorInterceptor(grpc.aio.ServerInterceptor):
     """Turns a request that fails to decode into INVALID_ARGUMENT (unary-unary methods)."""
 
-    def intercept_service(
+    async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
             return handler
         deserialize = handler.request_deserializer
-        behaviour = handler.unary_unary
+        behaviour: Callable[[Any, Any], Any] = handler.unary_unary
         method = handler_call_details.method
 
         def tolerant(data: bytes) -> Any:
@@ -44,13 +47,15 @@ class DecodeErrorInterceptor(grpc.ServerInterceptor):
             except DecodeError as exc:
                 return _Undecodable(str(exc))
 
-        def call(request: Any, context: grpc.ServicerContext) -> Any:
+        async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             if isinstance(request, _Undecodable):
-                context.abort(
+                await context.abort(
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"{method}: the request is not a valid message: {request.reason}",
                 )
-            return behaviour(request, context)
+            result = behaviour(request, context)
+            # Our servicer's methods are coroutines; grpc's own (health, reflection) may not be.
+            return await result if inspect.isawaitable(result) else result
 
         return grpc.unary_unary_rpc_method_handler(
             call, request_deserializer=tolerant, response_serializer=handler.response_serializer

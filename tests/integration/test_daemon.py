@@ -153,7 +153,10 @@ def test_sigkill_restart_recovers_every_lease(daemon: Daemon) -> None:
             )
 
 
-def test_concurrent_adds_while_health_answers(daemon: Daemon) -> None:
+def adds_while_polling_health(
+    daemon: Daemon, count: int
+) -> tuple[list[str], list[float], list[str]]:
+    """``count`` concurrent Adds; HealthCheck polled meanwhile. (lease ids, latencies, errors)."""
     stop = threading.Event()
     health_latencies: list[float] = []
     health_errors: list[str] = []
@@ -175,18 +178,32 @@ def test_concurrent_adds_while_health_answers(daemon: Daemon) -> None:
     poller.start()
     try:
         gmsas = daemon.dc.gmsas
-        with ThreadPoolExecutor(max_workers=32) as pool:
-            results = list(pool.map(lambda i: daemon.add(gmsas[i % len(gmsas)]), range(32)))
+        with ThreadPoolExecutor(max_workers=count) as pool:
+            results = list(pool.map(lambda i: daemon.add(gmsas[i % len(gmsas)]), range(count)))
     finally:
         stop.set()
         poller.join()
-    ids = [r.lease_id for r in results]
-    assert len(set(ids)) == 32
-    assert health_errors == []
-    assert len(health_latencies) >= 5
-    assert max(health_latencies) < 0.1, sorted(health_latencies)[-5:]
     for r in results:
         assert (Path(r.created_kerberos_file_paths[0]) / "krb5cc").stat().st_size > 0
+    return [r.lease_id for r in results], health_latencies, health_errors
+
+
+def test_concurrent_adds_while_health_answers(daemon: Daemon) -> None:
+    ids, latencies, errors = adds_while_polling_health(daemon, 32)
+    assert len(set(ids)) == 32
+    assert errors == []
+    assert len(latencies) >= 5
+    assert max(latencies) < 0.1, sorted(latencies)[-5:]
+
+
+def test_health_never_waits_for_a_busy_worker_pool(samba_dc: TestDC, tmp_path: Path) -> None:
+    """Two RPC workers and 24 Adds: the pool is saturated, HealthCheck still answers at once."""
+    with running_daemon(samba_dc, tmp_path / "d", CF_RPC_THREADS="2") as daemon:
+        ids, latencies, errors = adds_while_polling_health(daemon, 24)
+    assert len(set(ids)) == 24
+    assert errors == []
+    assert len(latencies) >= 5
+    assert max(latencies) < 0.1, sorted(latencies)[-5:]
 
 
 def test_grpc_health_and_reflection_are_served(daemon: Daemon) -> None:
