@@ -117,16 +117,33 @@ def busy_pytests() -> list[str]:
     return found
 
 
+def cpu_hogs() -> set[str]:
+    """Commands of other processes averaging >= 30 % CPU (compilers, test runs...)."""
+    out = subprocess.run(
+        ["ps", "-eo", "pid=,ppid=,pcpu=,comm="], capture_output=True, text=True, check=False
+    ).stdout
+    ours = {os.getpid()}
+    rows = [line.split(None, 3) for line in out.splitlines() if len(line.split(None, 3)) == 4]
+    for _ in range(3):  # our children (credfetcherd, kinit...) and theirs
+        ours |= {int(pid) for pid, ppid, _, _ in rows if int(ppid) in ours}
+    return {
+        comm for pid, _, pcpu, comm in rows
+        if int(pid) not in ours and float(pcpu) >= 30 and not comm.startswith(("samba", "ps"))
+    }
+
+
 @dataclass
 class Conditions:
-    """What else was happening while measuring: load average and concurrent pytest runs."""
+    """What else was happening while measuring: load, concurrent pytest runs, CPU hogs."""
 
     loads: list[float]
     pytests: set[str]
+    hogs: set[str]
 
     def sample(self) -> None:
         self.loads.append(os.getloadavg()[0])
         self.pytests.update(busy_pytests())
+        self.hogs.update(cpu_hogs())
 
 
 # -- the DC ------------------------------------------------------------------------------------
@@ -689,7 +706,7 @@ def main(argv: list[str] | None = None) -> int:
     ensure_extra_gmsas(dc)
     os.environ["KRB5_CONFIG"] = str(dc.krb5_config)  # libkrb5 reads it per context
     os.environ.pop("KRB5CCNAME", None)
-    conditions = Conditions([], set())
+    conditions = Conditions([], set(), set())
     conditions.sample()
     results = measure(dc, args, conditions)
     rows = build_rows(results)
@@ -700,7 +717,8 @@ def main(argv: list[str] | None = None) -> int:
         f"({uname.release}), {os.cpu_count()} CPUs, DC {dc.dc_fqdn} on this machine",
         f"load average (1 min) while measuring: {min(conditions.loads):.2f} to "
         f"{max(conditions.loads):.2f}; concurrent pytest runs seen: "
-        f"{len(conditions.pytests) or 'none'}",
+        f"{len(conditions.pytests) or 'none'}; other busy processes: "
+        f"{', '.join(sorted(conditions.hogs)) or 'none'}",
         f"samples: pipeline/cold {len(results.cold)}, warm {len(results.warm)}, "
         f"bare AS {len(results.bare)}",
     ]
