@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import krb5
 
 from credfetcher import aws, tickets
-from credfetcher.accounts import AccountKey, GmsaAccount, Identity
+from credfetcher.accounts import AccountKey, GmsaAccount, Identity, KeyMaterial
 from credfetcher.config import Config
 from credfetcher.credspec import Credspec, parse_credspec
 from credfetcher.directory import DirectoryClient, DirectoryConfig
@@ -354,33 +354,13 @@ class LeaseService:
             created_at=self.clock(),
             kind=kind,
         )
-        self.store.prepare()
-        staging = self.store.stage(lease_id)
-        infos = []
-        try:
-            for spec, account, tgt, material in acquired:
-                gdir = self.store.staged_gmsa_dir(staging, spec.gmsa_name)
-                infos.append(tickets.store_tgt(tgt, gdir / CCACHE_NAME, ownership))
-                if record.write_keytab:
-                    write_keytab(
-                        gdir / KEYTAB_NAME,
-                        tgt.principal,
-                        account.keytab_keys(material, rc4=self.config.enable_rc4),
-                        ownership,
-                    )
-            with self.scheduler.lease_lock(lease_id):
-                self.store.commit(staging, record)
-        except BaseException:
-            self.store.discard(staging)
-            raise
+        self._publish(
+            record,
+            [(account, tgt, material) for _, account, tgt, material in acquired],
+        )
         with self._lock:
-            self._leases[lease_id] = record
             if user is not None:
                 self._users[(user.username.lower(), user.domain.lower())] = user
-        for (spec, account, _, _), info in zip(acquired, infos, strict=True):
-            self.scheduler.register(
-                account.key, account, self._target(record, spec.gmsa_name), info
-            )
         dirs = tuple(self.store.gmsa_dir(lease_id, s.gmsa_name) for s in specs)
         log.info(
             "created lease %s for %s",
@@ -389,6 +369,44 @@ class LeaseService:
             extra={"LEASE_ID": lease_id},
         )
         return LeaseResult(lease_id, dirs, tuple(s.gmsa_name for s in specs))
+
+    def _publish(
+        self,
+        record: LeaseRecord,
+        acquired: Sequence[tuple[GmsaAccount, tickets.Tgt, KeyMaterial]],
+    ) -> None:
+        """Write every entry's ccache (and keytab) into a staging directory, then publish it.
+
+        ``acquired`` holds, in the order of ``record.entries``, what each entry's account got
+        from the KDC. Any failure removes the staging directory: nothing of the lease remains.
+        The published lease is registered for renewal and becomes visible to ListLeases.
+        """
+        lease_id = record.lease_id
+        self.store.prepare()
+        staging = self.store.stage(lease_id)
+        infos = []
+        try:
+            for (account, tgt, material), entry in zip(acquired, record.entries, strict=True):
+                gdir = self.store.staged_entry_dir(staging, entry)
+                infos.append(tickets.store_tgt(tgt, gdir / CCACHE_NAME, record.ownership))
+                if record.write_keytab:
+                    write_keytab(
+                        gdir / KEYTAB_NAME,
+                        tgt.principal,
+                        account.keytab_keys(material, rc4=self.config.enable_rc4),
+                        record.ownership,
+                    )
+            with self.scheduler.lease_lock(lease_id):
+                self.store.commit(staging, record)
+        except BaseException:
+            self.store.discard(staging)
+            raise
+        with self._lock:
+            self._leases[lease_id] = record
+        for (account, _, _), entry, info in zip(acquired, record.entries, infos, strict=True):
+            self.scheduler.register(
+                account.key, account, self._target(record, entry.gmsa_name), info
+            )
 
     def delete_lease(self, lease_id: str) -> list[Path]:
         """DeleteKerberosLease: remove exactly that lease; return its ccache paths."""
@@ -603,31 +621,10 @@ class LeaseService:
             created_at=self.clock(),
             kind="arn",
         )
-        self.store.prepare()
-        staging = self.store.stage(lease_id)
-        infos = []
-        try:
-            for (_, _, account, tgt, material), entry in zip(acquired, record.entries, strict=True):
-                gdir = self.store.staged_entry_dir(staging, entry)
-                infos.append(tickets.store_tgt(tgt, gdir / CCACHE_NAME, ownership))
-                if record.write_keytab:
-                    write_keytab(
-                        gdir / KEYTAB_NAME,
-                        tgt.principal,
-                        account.keytab_keys(material, rc4=self.config.enable_rc4),
-                        ownership,
-                    )
-            with self.scheduler.lease_lock(lease_id):
-                self.store.commit(staging, record)
-        except BaseException:
-            self.store.discard(staging)
-            raise
-        with self._lock:
-            self._leases[lease_id] = record
-        for (_, spec, account, _, _), info in zip(acquired, infos, strict=True):
-            self.scheduler.register(
-                account.key, account, self._target(record, spec.gmsa_name), info
-            )
+        self._publish(
+            record,
+            [(account, tgt, material) for _, _, account, tgt, material in acquired],
+        )
         log.info(
             "created ARN lease %s for %s",
             lease_id,
