@@ -118,6 +118,7 @@ class RenewalScheduler:
         self.rng = rng
         self.on_orphan = on_orphan
         self._groups: dict[Hashable, GroupState] = {}
+        self._ticket_times: dict[tuple[str, str], tickets.TicketInfo] = {}
         self._lock = threading.RLock()
         self._lease_locks: dict[str, threading.Lock] = {}
         self._wake = threading.Event()
@@ -152,6 +153,8 @@ class RenewalScheduler:
                 group.account = account
             joined = bool(group.targets)
             group.targets[(target.lease_id, target.gmsa)] = target
+            if info is not None:
+                self._ticket_times[(target.lease_id, target.gmsa)] = info
             if info is None:
                 # This target has no usable ticket: renew the group (all its files) now.
                 now = self.clock()
@@ -173,6 +176,7 @@ class RenewalScheduler:
                 group = self._groups[key]
                 for tk in [tk for tk in group.targets if tk[0] == lease_id]:
                     del group.targets[tk]
+                    self._ticket_times.pop(tk, None)
                 if not group.targets:
                     del self._groups[key]
             self._lease_locks.pop(lease_id, None)
@@ -204,9 +208,11 @@ class RenewalScheduler:
         with self._lock:
             for group in self._groups.values():
                 if (lease_id, gmsa) in group.targets:
+                    # The ticket this target's file holds; the group's earliest one otherwise.
+                    own = self._ticket_times.get((lease_id, gmsa))
                     return TargetStatus(
-                        endtime=group.endtime,
-                        renew_till=group.renew_till,
+                        endtime=float(own.endtime) if own else group.endtime,
+                        renew_till=float(own.renew_till) if own else group.renew_till,
                         next_attempt=group.next_attempt,
                         last_error=group.last_error,
                         waiting_for_credentials=group.account is None,
@@ -378,6 +384,8 @@ class RenewalScheduler:
                 return  # the lease was deleted meanwhile
             try:
                 tickets.store_tgt(tgt, target.ccache, target.ownership)
+                with self._lock:
+                    self._ticket_times[(target.lease_id, target.gmsa)] = tgt.info
                 if target.keytab is not None and (write_keytab_now or not target.keytab.exists()):
                     keys = account.keytab_keys(material, rc4=self.rc4)
                     write_keytab(target.keytab, tgt.principal, keys, target.ownership)

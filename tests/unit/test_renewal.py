@@ -570,3 +570,27 @@ def test_moving_one_gmsa_leaves_the_lease_s_other_gmsas_alone(
     status_b = sched.status("dl", "b")
     assert status_b is not None
     assert status_b.waiting_for_credentials
+
+
+def test_status_shows_each_lease_s_own_ticket(
+    tmp_path: Path, clock: FakeClock, writes: list[Write]
+) -> None:
+    """ListLeases must report the ticket a lease's file holds, not its group's earliest."""
+    sched = make_scheduler(clock)
+    account = FakeAccount("shared", clock)
+    first = register(sched, account, target(tmp_path, "old", "shared"))
+    clock.advance(3600)
+    second = register(sched, account, target(tmp_path, "new", "shared"))
+    assert first is not None
+    assert second is not None
+    old_status = sched.status("old", "shared")
+    new_status = sched.status("new", "shared")
+    assert old_status is not None
+    assert new_status is not None
+    assert old_status.endtime == first.endtime
+    assert new_status.endtime == second.endtime
+    # After a renewal both files hold the same new ticket.
+    clock.advance(LIFE)
+    sched.run_due()
+    statuses = [sched.status(lease, "shared") for lease in ("old", "new")]
+    assert {s.endtime for s in statuses if s is not None} == {int(clock()) + LIFE}
