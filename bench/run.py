@@ -67,7 +67,7 @@ from credfetcher.discovery import parse_dc_list  # noqa: E402
 from credfetcher.identity import HostIdentity  # noqa: E402
 from credfetcher.service import LeaseService  # noqa: E402
 from credfetcher.tickets import acquire_tgt  # noqa: E402
-from tests.conftest import SAMBA_AD, TestDC, read_env_file  # noqa: E402
+from tests.conftest import SAMBA_AD, TestDC, load_test_dc  # noqa: E402
 from tests.integration.daemon import Daemon, running_daemon  # noqa: E402
 
 EXTRA_GMSAS = tuple(f"bench{n:02d}" for n in range(1, 7))
@@ -155,28 +155,7 @@ def start_dc() -> TestDC:
     )
     if proc.returncode != 0:
         sys.exit(f"bench: samba-ad.sh up failed:\n{proc.stderr[-3000:]}")
-    env = read_env_file(Path(proc.stdout.strip().splitlines()[-1]))
-    return TestDC(
-        realm=env["CF_TEST_REALM"],
-        domain=env["CF_TEST_DOMAIN"],
-        netbios=env["CF_TEST_NETBIOS"],
-        ip=env["CF_TEST_DC_IP"],
-        dc_name=env["CF_TEST_DC_NAME"],
-        dc_fqdn=env["CF_TEST_DC_FQDN"],
-        base_dn=env["CF_TEST_BASE_DN"],
-        state=Path(env["CF_TEST_STATE"]),
-        krb5_config=Path(env["CF_TEST_KRB5_CONFIG"]),
-        ca_file=Path(env["CF_TEST_CA_FILE"]),
-        host_principal=env["CF_TEST_HOST_PRINCIPAL"],
-        host_keytab=Path(env["CF_TEST_HOST_KEYTAB"]),
-        other_principal=env["CF_TEST_OTHER_PRINCIPAL"],
-        other_keytab=Path(env["CF_TEST_OTHER_KEYTAB"]),
-        user=env["CF_TEST_USER"],
-        user_password=Path(env["CF_TEST_USER_PASSWORD_FILE"]).read_text(),
-        gmsas=tuple(env["CF_TEST_GMSAS"].split()),
-        ou_gmsa=env["CF_TEST_OU_GMSA"],
-        ou_dn=env["CF_TEST_OU_DN"],
-    )
+    return load_test_dc(Path(proc.stdout.strip().splitlines()[-1]))
 
 
 def _samba_tool(dc: TestDC, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -80,25 +80,9 @@ def read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
-def _dc_unavailable(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"the test DC is required under CI=true: {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="session")
-def samba_dc() -> TestDC:
-    """The local Samba AD DC, started (or reused) through docker/samba-ad/samba-ad.sh up."""
-    if os.geteuid() != 0:
-        _dc_unavailable("the Samba AD DC needs root (it adds a loopback address and binds :88)")
-    if shutil.which("samba") is None or shutil.which("samba-tool") is None:
-        _dc_unavailable("Samba is not installed (run: docker/samba-ad/samba-ad.sh deps)")
-    proc = subprocess.run(
-        [str(SAMBA_AD), "up"], capture_output=True, text=True, timeout=300, check=False
-    )
-    if proc.returncode != 0:
-        _dc_unavailable(f"samba-ad.sh up failed: {proc.stderr.strip()[-2000:]}")
-    env = read_env_file(Path(proc.stdout.strip().splitlines()[-1]))
+def load_test_dc(env_file: Path) -> TestDC:
+    """The DC described by samba-ad.sh's env file (tests and bench/run.py)."""
+    env = read_env_file(env_file)
     return TestDC(
         realm=env["CF_TEST_REALM"],
         domain=env["CF_TEST_DOMAIN"],
@@ -120,6 +104,27 @@ def samba_dc() -> TestDC:
         ou_gmsa=env["CF_TEST_OU_GMSA"],
         ou_dn=env["CF_TEST_OU_DN"],
     )
+
+
+def _dc_unavailable(reason: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"the test DC is required under CI=true: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def samba_dc() -> TestDC:
+    """The local Samba AD DC, started (or reused) through docker/samba-ad/samba-ad.sh up."""
+    if os.geteuid() != 0:
+        _dc_unavailable("the Samba AD DC needs root (it adds a loopback address and binds :88)")
+    if shutil.which("samba") is None or shutil.which("samba-tool") is None:
+        _dc_unavailable("Samba is not installed (run: docker/samba-ad/samba-ad.sh deps)")
+    proc = subprocess.run(
+        [str(SAMBA_AD), "up"], capture_output=True, text=True, timeout=300, check=False
+    )
+    if proc.returncode != 0:
+        _dc_unavailable(f"samba-ad.sh up failed: {proc.stderr.strip()[-2000:]}")
+    return load_test_dc(Path(proc.stdout.strip().splitlines()[-1]))
 
 
 @pytest.fixture(scope="session")
