@@ -335,6 +335,20 @@ def caller_account(credentials: AwsCredentials, endpoint_url: str | None) -> str
     return str(identity["Account"])
 
 
+def _s3_call(action: str, ref: CredspecArn, account: str, fn: Any) -> Any:
+    """One S3 object call under the bucket-owner condition, its refusal explained."""
+    try:
+        return _call(action, ref.location, fn,
+                     Bucket=ref.bucket, Key=ref.key, ExpectedBucketOwner=account)
+    except AwsAccessDeniedError as exc:
+        # S3 gives the same bare 403 for "not the owner" and "no permission"; say both.
+        raise AwsAccessDeniedError(
+            f"{exc}: the bucket must be owned by account {account} (the account of the "
+            "request's credentials) and they must allow s3:GetObject",
+            resource=ref.location,
+        ) from exc
+
+
 def fetch_credspec(
     ref: CredspecArn,
     credentials: AwsCredentials,
@@ -346,15 +360,13 @@ def fetch_credspec(
     account = account or caller_account(credentials, endpoint_url)
     s3 = _client("s3", credentials, endpoint_url, None)
     where = ref.location
-    head = _call("S3 HeadObject", where, s3.head_object,
-                 Bucket=ref.bucket, Key=ref.key, ExpectedBucketOwner=account)
+    head = _s3_call("S3 HeadObject", ref, account, s3.head_object)
     size = int(head.get("ContentLength", 0))
     if size > MAX_S3_CREDSPEC_BYTES:
         raise InvalidRequestError(
             f"credspec {where} is {size} bytes; at most {MAX_S3_CREDSPEC_BYTES} are accepted"
         )
-    obj = _call("S3 GetObject", where, s3.get_object,
-                Bucket=ref.bucket, Key=ref.key, ExpectedBucketOwner=account)
+    obj = _s3_call("S3 GetObject", ref, account, s3.get_object)
     body = obj["Body"]
     try:
         # The object may have been replaced since HeadObject: never read more than the limit.

@@ -1,11 +1,11 @@
 """ARN leases and CF_AWS_SM_SECRET_NAME: boto3 against moto's server, Kerberos against the real DC.
 
 moto runs in server mode (a real HTTP endpoint on 127.0.0.1) for S3, STS and Secrets Manager; the
-daemon reaches it through CF_AWS_ENDPOINT_URL. moto (5.2.5) does NOT enforce S3's
-ExpectedBucketOwner (it serves the object whatever owner is named, and shares buckets across
-accounts), so a wrong bucket owner cannot be produced end to end here: the test below checks that
-both S3 calls carry the header with the account STS reports for the caller, and
-tests/unit/test_aws.py checks that S3's 403 becomes PERMISSION_DENIED.
+daemon reaches it through CF_AWS_ENDPOINT_URL. moto (5.2.5) ignores S3's ExpectedBucketOwner, so
+tests/integration/s3_endpoint.py puts S3's bucket-owner condition in front of it: a request naming
+an account that does not own the bucket gets S3's 403, as it would from AWS. The bucket here is
+owned by moto's default account; credentials of an assumed role in another account read it as a
+"sniped" bucket would be read, and must be refused.
 """
 
 from __future__ import annotations
@@ -22,21 +22,24 @@ from typing import Any
 import boto3
 import grpc
 import pytest
-from moto.server import ThreadedMotoServer
+from botocore.exceptions import ClientError
 
 from credfetcher import aws
 from credfetcher._proto import credentialsfetcher_pb2 as pb
 from credfetcher.credspec import make_credspec
-from credfetcher.errors import InvalidRequestError
+from credfetcher.errors import AwsAccessDeniedError, InvalidRequestError
 from credfetcher.tickets import read_ticket_info
 from tests.conftest import TestDC
 from tests.integration.daemon import Daemon, running_daemon
+from tests.integration.s3_endpoint import S3Endpoint
 from tests.integration.test_daemon import assert_valid_ccache, tree_digest
 
 BUCKET = "credspecs"
 REGION = "us-east-1"
 # moto's default account: what STS GetCallerIdentity returns for any plain access key.
 OWNER_ACCOUNT = "123456789012"
+# Another account: moto's STS gives an assumed role there keys that belong to it.
+OTHER_ACCOUNT = "111111111111"
 KEYS = {"aws_access_key_id": "AKIDMOTOTEST", "aws_secret_access_key": "moto-secret-key"}
 SESSION_TOKEN = "moto-session-token"
 
@@ -46,6 +49,7 @@ class Moto:
     url: str
     secret_arn: str
     missing_secret_arn: str
+    endpoint: S3Endpoint
 
     def client(self, service: str) -> Any:
         return boto3.client(service, endpoint_url=self.url, region_name=REGION, **KEYS)
@@ -61,6 +65,18 @@ class Moto:
             session_token=SESSION_TOKEN,
             region=REGION,
         )
+
+    def other_account_keys(self) -> dict[str, str]:
+        """Temporary keys of a role in OTHER_ACCOUNT, as an ECS task in that account has."""
+        role = self.client("sts").assume_role(
+            RoleArn=f"arn:aws:iam::{OTHER_ACCOUNT}:role/task-execution",
+            RoleSessionName="cf-test",
+        )["Credentials"]
+        return {
+            "access_key_id": role["AccessKeyId"],
+            "secret_access_key": role["SecretAccessKey"],
+            "session_token": role["SessionToken"],
+        }
 
     def renew_request(self) -> pb.RenewKerberosArnLeaseRequest:
         return pb.RenewKerberosArnLeaseRequest(
@@ -92,11 +108,10 @@ def domainless_credspec(dc: TestDC, gmsa: str, secret_arn: str) -> str:
 def moto(samba_dc: TestDC) -> Iterator[Moto]:
     # werkzeug logs every request moto serves at INFO; keep the test output readable.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = S3Endpoint(_free_port())
     server.start()
     try:
-        url = f"http://127.0.0.1:{port}"
+        url = server.url
         sm = boto3.client("secretsmanager", endpoint_url=url, region_name=REGION, **KEYS)
         secret_arn = sm.create_secret(
             Name="gmsa-reader",
@@ -130,7 +145,7 @@ def moto(samba_dc: TestDC) -> Iterator[Moto]:
             Key="no-secret.json",
             Body=make_credspec(samba_dc.gmsas[0], samba_dc.domain).encode(),
         )
-        yield Moto(url=url, secret_arn=secret_arn, missing_secret_arn=missing)
+        yield Moto(url=url, secret_arn=secret_arn, missing_secret_arn=missing, endpoint=server)
     finally:
         server.stop()
 
@@ -263,20 +278,29 @@ def test_renew_arn_needs_credentials(daemon: Daemon) -> None:
     assert "access_key_id" in (info.value.details() or "")
 
 
-def test_expected_bucket_owner_is_the_callers_account(moto: Moto, samba_dc: TestDC,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """Both S3 calls name the caller's account (from STS) as the bucket owner.
+def test_the_endpoint_enforces_the_bucket_owner_condition(moto: Moto) -> None:
+    """The S3 the tests use refuses a wrong owner, and serves anyone who names none.
 
-    Credentials of another account (moto: assumed role in 111111111111) must send that account,
-    which real S3 answers with 403 AccessDenied for a bucket owned by 123456789012. moto ignores
-    the header and serves the object, so only the header is checked here.
+    The second half is why the header matters: without it, another account's keys read the object
+    (as anyone may read a bucket an attacker re-created after its owner deleted it).
     """
-    role = moto.client("sts").assume_role(
-        RoleArn="arn:aws:iam::111111111111:role/task-execution", RoleSessionName="cf-test"
-    )["Credentials"]
-    creds = aws.AwsCredentials.from_request(
-        role["AccessKeyId"], role["SecretAccessKey"], role["SessionToken"], REGION
+    s3 = moto.client("s3")
+    key = "no-secret.json"
+    assert s3.get_object(Bucket=BUCKET, Key=key, ExpectedBucketOwner=OWNER_ACCOUNT)["Body"].read()
+    for owner, status, code in ((OTHER_ACCOUNT, 403, "AccessDenied"),
+                                ("12345", 400, "InvalidBucketOwnerAWSAccountID")):
+        with pytest.raises(ClientError) as info:
+            s3.get_object(Bucket=BUCKET, Key=key, ExpectedBucketOwner=owner)
+        assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == status
+        assert info.value.response["Error"]["Code"] == code
+    other = boto3.client(
+        "s3", endpoint_url=moto.url, region_name=REGION,
+        **{f"aws_{k}": v for k, v in moto.other_account_keys().items()},
     )
+    assert other.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+
+
+def _spy_s3_owner_headers(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str | None]]:
     seen: list[tuple[str, str | None]] = []
     make_client = aws._client
 
@@ -291,16 +315,57 @@ def test_expected_bucket_owner_is_the_callers_account(moto: Moto, samba_dc: Test
         return client
 
     monkeypatch.setattr(aws, "_client", spying_client)
+    return seen
+
+
+def test_expected_bucket_owner_is_the_callers_account(moto: Moto, samba_dc: TestDC,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both S3 calls name the account STS reports for the caller as the bucket owner."""
+    seen = _spy_s3_owner_headers(monkeypatch)
+    creds = aws.AwsCredentials.from_request(
+        KEYS["aws_access_key_id"], KEYS["aws_secret_access_key"], SESSION_TOKEN, REGION
+    )
     ref = aws.parse_credspec_arn(moto.arn(f"{samba_dc.gmsas[0]}.json", "lease-x", "x"))
-    text = aws.fetch_credspec(ref, creds, endpoint_url=moto.url)
-    assert samba_dc.gmsas[0] in text
-    assert seen == [("HEAD", "111111111111"), ("GET", "111111111111")]
+    assert samba_dc.gmsas[0] in aws.fetch_credspec(ref, creds, endpoint_url=moto.url)
+    assert seen == [("HEAD", OWNER_ACCOUNT), ("GET", OWNER_ACCOUNT)]
     with pytest.raises(InvalidRequestError, match="4000"):
         aws.fetch_credspec(
             aws.parse_credspec_arn(moto.arn("oversized.json", "lease-x", "x")),
             creds,
             endpoint_url=moto.url,
         )
+
+    seen.clear()
+    keys = moto.other_account_keys()
+    other = aws.AwsCredentials.from_request(
+        keys["access_key_id"], keys["secret_access_key"], keys["session_token"], REGION
+    )
+    with pytest.raises(AwsAccessDeniedError, match=OTHER_ACCOUNT):
+        aws.fetch_credspec(ref, other, endpoint_url=moto.url)
+    assert seen == [("HEAD", OTHER_ACCOUNT)]  # refused before a byte of the object was read
+
+
+def test_wrong_bucket_owner_is_refused_and_leaves_nothing(daemon: Daemon, moto: Moto) -> None:
+    """A task in another account asks for a credspec in a bucket it does not own."""
+    dc = daemon.dc
+    daemon.add(dc.gmsas[2])  # an existing lease, which must stay byte-identical
+    before = tree_digest(daemon.krb_dir)
+    refused = moto.endpoint.condition.refused
+    request = moto.request(moto.arn(f"{dc.gmsas[0]}.json", "task-0002", dc.gmsas[0]))
+    keys = moto.other_account_keys()
+    request.access_key_id = keys["access_key_id"]
+    request.secret_access_key = keys["secret_access_key"]
+    request.session_token = keys["session_token"]
+    with daemon.client() as stub, pytest.raises(grpc.RpcError) as info:
+        stub.AddKerberosArnLease(request, timeout=60)
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED, info.value.details()
+    details = info.value.details() or ""
+    assert f"s3://{BUCKET}/{dc.gmsas[0]}.json" in details
+    assert OTHER_ACCOUNT in details
+    assert "owned by account" in details
+    assert moto.endpoint.condition.refused == refused + 1
+    assert tree_digest(daemon.krb_dir) == before
+    assert keys["secret_access_key"] not in daemon.log()
 
 
 def test_daemon_wide_secret_identity(samba_dc: TestDC, moto: Moto, tmp_path: Path) -> None:
