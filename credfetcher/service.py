@@ -76,6 +76,17 @@ def _is_dc_outage(exc: CredfetcherError) -> bool:
     return isinstance(exc, KerberosError) and exc.code == _KDC_UNREACH
 
 
+def _entry(spec: Credspec, material: KeyMaterial, *, directory: str | None = None) -> GmsaEntry:
+    return GmsaEntry(
+        gmsa_name=spec.gmsa_name,
+        domain=spec.domain,
+        distinguished_name=material.dn,
+        credspec=spec.raw,
+        credential_arn=spec.credential_arn,
+        directory=directory,
+    )
+
+
 @dataclass(frozen=True)
 class LeaseResult:
     lease_id: str
@@ -320,33 +331,15 @@ class LeaseService:
             kind = "domainless"
 
         # Tickets first, in memory: a DC or KDC failure leaves nothing on disk.
-        acquired = []
-        for spec in specs:
-            identity: Identity = user if user is not None else self.host_identity(spec.domain)
-            account = self.account(spec.domain, spec.gmsa_name, identity)
-            try:
-                tgt, material = account.lease_tgt()
-            except CredfetcherError as exc:
-                if exc.gmsa is None:
-                    exc.gmsa = spec.gmsa_name
-                if _is_dc_outage(exc):
-                    self.scheduler.last_dc_error = exc.message
-                raise
-            self.scheduler.last_dc_success = time.monotonic()
-            self.scheduler.last_dc_error = ""
-            acquired.append((spec, account, tgt, material))
-
+        acquired = [
+            self._acquire(spec, user if user is not None else self.host_identity(spec.domain))
+            for spec in specs
+        ]
         record = LeaseRecord(
             lease_id=lease_id,
             entries=tuple(
-                GmsaEntry(
-                    gmsa_name=spec.gmsa_name,
-                    domain=spec.domain,
-                    distinguished_name=material.dn,
-                    credspec=spec.raw,
-                    credential_arn=spec.credential_arn,
-                )
-                for spec, _, _, material in acquired
+                _entry(spec, material)
+                for spec, (_, _, material) in zip(specs, acquired, strict=True)
             ),
             domainless_user=user.label if user is not None else None,
             ownership=ownership,
@@ -354,10 +347,7 @@ class LeaseService:
             created_at=self.clock(),
             kind=kind,
         )
-        self._publish(
-            record,
-            [(account, tgt, material) for _, account, tgt, material in acquired],
-        )
+        self._publish(record, acquired)
         with self._lock:
             if user is not None:
                 self._users[(user.username.lower(), user.domain.lower())] = user
@@ -369,6 +359,27 @@ class LeaseService:
             extra={"LEASE_ID": lease_id},
         )
         return LeaseResult(lease_id, dirs, tuple(s.gmsa_name for s in specs))
+
+    def _acquire(
+        self, spec: Credspec, identity: Identity
+    ) -> tuple[GmsaAccount, tickets.Tgt, KeyMaterial]:
+        """A TGT for a new lease's gMSA (shared while young), its failures tagged and watched.
+
+        A DC or KDC that does not answer is what HealthCheck reports, whichever kind of lease
+        met it; an answer clears it.
+        """
+        account = self.account(spec.domain, spec.gmsa_name, identity)
+        try:
+            tgt, material = account.lease_tgt()
+        except CredfetcherError as exc:
+            if exc.gmsa is None:
+                exc.gmsa = spec.gmsa_name
+            if _is_dc_outage(exc):
+                self.scheduler.last_dc_error = exc.message
+            raise
+        self.scheduler.last_dc_success = time.monotonic()
+        self.scheduler.last_dc_error = ""
+        return account, tgt, material
 
     def _publish(
         self,
@@ -591,29 +602,12 @@ class LeaseService:
         items: list[tuple[CredspecArn, Credspec, UserIdentity]],
         ownership: Ownership,
     ) -> ArnLeaseResult:
-        acquired = []
-        for ref, spec, user in items:
-            account = self.account(spec.domain, spec.gmsa_name, user)
-            try:
-                tgt, material = account.acquire_tgt()
-            except CredfetcherError as exc:
-                if exc.gmsa is None:
-                    exc.gmsa = spec.gmsa_name
-                raise
-            acquired.append((ref, spec, account, tgt, material))
-
+        acquired = [self._acquire(spec, user) for _, spec, user in items]
         record = LeaseRecord(
             lease_id=lease_id,
             entries=tuple(
-                GmsaEntry(
-                    gmsa_name=spec.gmsa_name,
-                    domain=spec.domain,
-                    distinguished_name=material.dn,
-                    credspec=spec.raw,
-                    credential_arn=spec.credential_arn,
-                    directory=ref.directory,
-                )
-                for ref, spec, _, _, material in acquired
+                _entry(spec, material, directory=ref.directory)
+                for (ref, spec, _), (_, _, material) in zip(items, acquired, strict=True)
             ),
             domainless_user=ARN_LEASE_USER,
             ownership=ownership,
@@ -621,10 +615,7 @@ class LeaseService:
             created_at=self.clock(),
             kind="arn",
         )
-        self._publish(
-            record,
-            [(account, tgt, material) for _, _, account, tgt, material in acquired],
-        )
+        self._publish(record, acquired)
         log.info(
             "created ARN lease %s for %s",
             lease_id,

@@ -397,3 +397,27 @@ def test_daemon_wide_secret_identity(samba_dc: TestDC, moto: Moto, tmp_path: Pat
         [view] = [v for v in listed.leases if v.lease_id == resp.lease_id]
         assert view.state == "active", view
         assert samba_dc.user_password not in daemon.log()
+
+
+def test_arn_lease_meeting_a_dead_dc_shows_in_health(
+    samba_dc: TestDC, moto: Moto, tmp_path: Path
+) -> None:
+    """An ARN lease that finds no DC answering fails UNAVAILABLE, and HealthCheck says why,
+    as it does for AddKerberosLease."""
+    closed = _free_port()  # nothing listens on it
+    with running_daemon(
+        samba_dc, tmp_path / "d", CF_AWS_ENDPOINT_URL=moto.url, CF_LDAP_TIMEOUT="2",
+        CF_DOMAIN_CONTROLLERS=f"ldap://{samba_dc.dc_fqdn}:{closed}",
+    ) as daemon:
+        gmsa = samba_dc.gmsas[1]
+        with daemon.client() as stub:
+            with pytest.raises(grpc.RpcError) as info:
+                stub.AddKerberosArnLease(
+                    moto.request(moto.arn(f"{gmsa}.json", "task-dead-dc", gmsa)), timeout=60
+                )
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value.details()
+            assert gmsa in (info.value.details() or "")
+            status = stub.HealthCheck(pb.HealthCheckRequest(), timeout=5).status
+        assert status.startswith("domain controller unreachable"), status
+        assert str(closed) in status
+        assert not any(daemon.krb_dir.glob("task-dead-dc*"))
