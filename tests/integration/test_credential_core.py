@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import os
-import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from credfetcher.tickets import (
     store_tgt,
 )
 from tests.conftest import TestDC
+from tests.integration.mit import kinit_keytab, ldapsearch_account, run
 
 pytestmark = pytest.mark.usefixtures("krb5_config")
 
@@ -49,45 +49,21 @@ class Gmsa:
     password: ManagedPassword
 
 
-def run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
-
-
 @pytest.fixture(scope="module")
 def host_ccache(samba_dc: TestDC, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A ccache for the host account, which may read the gMSAs' passwords."""
     ccache = f"FILE:{tmp_path_factory.mktemp('host') / 'krb5cc'}"
-    proc = run(
-        ["kinit", "-k", "-t", str(samba_dc.host_keytab), samba_dc.host_principal],
-        samba_dc.krb5_env(ccache),
-    )
-    assert proc.returncode == 0, proc.stderr
+    kinit_keytab(samba_dc, ccache, samba_dc.host_keytab, samba_dc.host_principal)
     return ccache
 
 
 def fetch_gmsa(samba_dc: TestDC, host_ccache: str, name: str) -> Gmsa:
-    proc = run(
-        [
-            "ldapsearch",
-            "-LLL",
-            "-Q",
-            "-o",
-            "ldif-wrap=no",
-            "-Y",
-            "GSSAPI",
-            "-H",
-            f"ldap://{samba_dc.dc_fqdn}",
-            "-b",
-            samba_dc.base_dn,
-            f"(sAMAccountName={name}$)",
-            "msDS-ManagedPassword",
-            "msDS-KeyVersionNumber",
-        ],
-        samba_dc.krb5_env(host_ccache),
+    ldif = ldapsearch_account(
+        samba_dc, samba_dc.krb5_env(host_ccache), f"{name}$",
+        "msDS-ManagedPassword", "msDS-KeyVersionNumber",
     )
-    assert proc.returncode == 0, proc.stderr
     attrs: dict[str, str] = {}
-    for line in proc.stdout.splitlines():
+    for line in ldif.splitlines():
         key, sep, value = line.partition(": ")
         if sep:
             attrs[key.rstrip(":")] = value

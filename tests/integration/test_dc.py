@@ -10,40 +10,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SAMBA_AD, TestDC
-
-
-def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=60, check=False)
+from tests.integration.mit import kinit_keytab, ldapsearch_account, run
 
 
 def host_ccache(dc: TestDC, tmp_path: Path, keytab: Path, principal: str) -> dict[str, str]:
-    env = dc.krb5_env(f"FILE:{tmp_path / 'host.cc'}")
-    proc = run(["kinit", "-k", "-t", str(keytab), principal], env)
-    assert proc.returncode == 0, proc.stderr
-    return env
+    return kinit_keytab(dc, f"FILE:{tmp_path / 'host.cc'}", keytab, principal)
 
 
 def ldap_gssapi_search(dc: TestDC, env: dict[str, str], gmsa: str) -> str:
-    proc = run(
-        [
-            "ldapsearch",
-            "-LLL",
-            "-Q",
-            "-o",
-            "ldif-wrap=no",
-            "-Y",
-            "GSSAPI",
-            "-H",
-            f"ldap://{dc.dc_fqdn}",
-            "-b",
-            dc.base_dn,
-            f"(sAMAccountName={gmsa}$)",
-            "msDS-ManagedPassword",
-        ],
-        env,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
+    return ldapsearch_account(dc, env, f"{gmsa}$", "msDS-ManagedPassword")
 
 
 def test_host_gets_tgt_from_its_keytab(samba_dc: TestDC, tmp_path: Path) -> None:
@@ -72,10 +47,9 @@ def test_other_machine_account_gets_no_password(samba_dc: TestDC, tmp_path: Path
 def test_gmsa_is_enabled_and_gets_a_tgt(samba_dc: TestDC, tmp_path: Path) -> None:
     gmsa = samba_dc.gmsas[0]
     keytab = samba_dc.export_keytab(f"{gmsa}$", tmp_path / "gmsa.keytab")
-    env = samba_dc.krb5_env(f"FILE:{tmp_path / 'gmsa.cc'}")
-    proc = run(["kinit", "-k", "-t", str(keytab), f"{gmsa}$@{samba_dc.realm}"], env)
-    assert proc.returncode == 0, proc.stderr
-    assert f"Default principal: {gmsa}$@{samba_dc.realm}" in run(["klist"], env).stdout
+    principal = f"{gmsa}$@{samba_dc.realm}"
+    env = kinit_keytab(samba_dc, f"FILE:{tmp_path / 'gmsa.cc'}", keytab, principal)
+    assert f"Default principal: {principal}" in run(["klist"], env).stdout
 
 
 def _pids_using(path: str) -> list[int]:
