@@ -41,6 +41,9 @@ class TestDC:
     other_keytab: Path
     user: str
     user_password: str = field(repr=False)
+    user2: str
+    """A second user who may read every gMSA password: a rotated secret's new identity."""
+    user2_password: str = field(repr=False)
     gmsas: tuple[str, ...]
     ou_gmsa: str
     ou_dn: str
@@ -100,6 +103,8 @@ def load_test_dc(env_file: Path) -> TestDC:
         other_keytab=Path(env["CF_TEST_OTHER_KEYTAB"]),
         user=env["CF_TEST_USER"],
         user_password=Path(env["CF_TEST_USER_PASSWORD_FILE"]).read_text(),
+        user2=env["CF_TEST_USER2"],
+        user2_password=Path(env["CF_TEST_USER2_PASSWORD_FILE"]).read_text(),
         gmsas=tuple(env["CF_TEST_GMSAS"].split()),
         ou_gmsa=env["CF_TEST_OU_GMSA"],
         ou_dn=env["CF_TEST_OU_DN"],

@@ -15,6 +15,7 @@
 #   CFHOST$     machine account with keytab host.keytab: the domain-joined host; may read every gMSA
 #   CFOTHER$    machine account with keytab other.keytab: may read no gMSA password
 #   cfreader    domain user (password in user.password, mode 0600) allowed to read every gMSA password
+#   cfreader2   a second such user (user2.password): the new identity when a test rotates a secret
 #   webapp01$, webapp02$, webapp03$   enabled gMSAs under CN=Managed Service Accounts
 #   ouapp01$    enabled gMSA moved to OU=Apps,OU=Services,<base DN>
 set -euo pipefail
@@ -32,6 +33,9 @@ GMSAS=(webapp01 webapp02 webapp03)
 OU_GMSA=ouapp01
 OU_DN="OU=Apps,OU=Services,$BASE_DN"
 HOSTS_TAG="# credfetcher-samba-ad $IP"
+# What create_accounts_offline makes; bump it when that changes, and `up` provisions state of an
+# older layout again instead of serving a DC that lacks accounts the tests expect.
+LAYOUT=2
 
 log() { printf 'samba-ad: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -156,6 +160,11 @@ create_accounts_offline() {
     umask 077
     printf '%s' "$user_pw" >"$STATE/user.password"
     umask 022
+    user_pw=$(random_pw)
+    st user add cfreader2 "$user_pw" --given-name=credfetcher --surname=reader2
+    umask 077
+    printf '%s' "$user_pw" >"$STATE/user2.password"
+    umask 022
     st ou add "OU=Services,$BASE_DN"
     st ou add "$OU_DN"
     local g
@@ -163,6 +172,7 @@ create_accounts_offline() {
         st service-account create --name="$g" --dns-host-name="$g.$DOMAIN_LC"
         st service-account group-msa-membership add --name="$g\$" --principal='CFHOST$'
         st service-account group-msa-membership add --name="$g\$" --principal=cfreader
+        st service-account group-msa-membership add --name="$g\$" --principal=cfreader2
         # samba-tool creates gMSAs disabled (UF_ACCOUNTDISABLE): the KDC would say "revoked".
         st user enable "$g\$"
     done
@@ -220,6 +230,8 @@ CF_TEST_OTHER_PRINCIPAL='CFOTHER\$@$REALM'
 CF_TEST_OTHER_KEYTAB='$STATE/cfother.keytab'
 CF_TEST_USER='cfreader'
 CF_TEST_USER_PASSWORD_FILE='$STATE/user.password'
+CF_TEST_USER2='cfreader2'
+CF_TEST_USER2_PASSWORD_FILE='$STATE/user2.password'
 CF_TEST_GMSAS='${GMSAS[*]}'
 CF_TEST_OU_GMSA='$OU_GMSA'
 CF_TEST_OU_DN='$OU_DN'
@@ -253,6 +265,11 @@ wait_ready() {
 up() {
     need_root
     deps
+    if [ -f "$STATE/.provisioned" ] && [ "$(cat "$STATE/.provisioned")" != "$LAYOUT" ]; then
+        log "$STATE holds an older layout of the test DC: provisioning it again"
+        stop_processes
+        rm -f "$STATE/.provisioned"
+    fi
     if [ -f "$STATE/env" ] && dc_ready; then
         echo "$STATE/env"
         return 0
@@ -261,7 +278,7 @@ up() {
     if [ ! -f "$STATE/.provisioned" ]; then
         ensure_ip
         provision
-        touch "$STATE/.provisioned"
+        echo "$LAYOUT" >"$STATE/.provisioned"
     fi
     write_env
     start_dc
@@ -270,8 +287,7 @@ up() {
     echo "$STATE/env"
 }
 
-down() {
-    need_root
+stop_processes() {
     if [ -f "$STATE/samba.pid" ]; then
         local pid
         pid=$(cat "$STATE/samba.pid")
@@ -288,6 +304,11 @@ down() {
     for p in $(pgrep -f -- "$STATE/" 2>/dev/null || true); do
         [ "$p" != "$$" ] && kill -KILL "$p" 2>/dev/null || true
     done
+}
+
+down() {
+    need_root
+    stop_processes
     if [ -f /etc/hosts ] && grep -q "$HOSTS_TAG" /etc/hosts; then
         grep -v "$HOSTS_TAG" /etc/hosts >/etc/hosts.credfetcher.tmp || true
         cat /etc/hosts.credfetcher.tmp >/etc/hosts
