@@ -71,6 +71,7 @@ class Config:
     rpc_threads: int = 64
     log_level: str = "INFO"
     aws_sm_secret_name: str | None = None
+    aws_sm_refresh: float = 600.0
     aws_endpoint_url: str | None = None
     metrics_address: str | None = None
     config_file: Path | None = field(default=None, compare=False)
@@ -276,6 +277,12 @@ SETTINGS: tuple[Setting, ...] = (
         "CF_AWS_SM_SECRET_NAME",
         _opt_str,
         "Secrets Manager secret with the daemon-wide domainless identity",
+    ),
+    Setting(
+        "aws_sm_refresh",
+        "CF_AWS_SM_REFRESH",
+        _positive_float,
+        "re-read CF_AWS_SM_SECRET_NAME this often (s); every 30 s while its leases fail",
     ),
     Setting(
         "aws_endpoint_url",

@@ -9,6 +9,7 @@ complete lease or leaves nothing behind; an error names the gMSA it concerns.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -57,9 +58,8 @@ CONCURRENT_ADDS = 8
 # ARN leases: what their metadata says in "domainless_user" (each gMSA's identity comes from its
 # own credspec's secret and is re-read at every RenewKerberosArnLease; none is kept on disk).
 ARN_LEASE_USER = "aws-secrets-manager"
-# CF_AWS_SM_SECRET_NAME: re-read the secret this often, and sooner (at most every
-# SECRET_RETRY seconds) while a lease made with it fails to renew or a bind is refused.
-SECRET_REFRESH = 600.0
+# CF_AWS_SM_SECRET_NAME: re-read the secret every CF_AWS_SM_REFRESH seconds, and sooner (at
+# most every SECRET_RETRY seconds) while a lease made with it fails to renew or a bind is refused.
 SECRET_RETRY = 30.0
 
 
@@ -705,7 +705,7 @@ class LeaseService:
         return renewed
 
     def secret_identity(self, *, refresh: bool = False) -> UserIdentity | None:
-        """The CF_AWS_SM_SECRET_NAME identity (None when unset), re-read every 10 minutes.
+        """The CF_AWS_SM_SECRET_NAME identity (None when unset), re-read every CF_AWS_SM_REFRESH.
 
         A changed secret (another user or password) moves every lease made with it to the new
         identity. Raises the AWS error when the secret cannot be read and none is cached.
@@ -716,7 +716,8 @@ class LeaseService:
         with self._sm_lock:
             current = self._sm
             now = time.monotonic()
-            if current is not None and not refresh and now - self._sm_read_at < SECRET_REFRESH:
+            if (current is not None and not refresh
+                    and now - self._sm_read_at < self.config.aws_sm_refresh):
                 return current.user
             fresh = aws.read_identity_secret(
                 name, None, endpoint_url=self.config.aws_endpoint_url
@@ -732,10 +733,22 @@ class LeaseService:
             records = [r for r in self._leases.values() if r.kind == "aws-secret"]
         errors: list[CredfetcherError] = []
         for record in records:
+            self._relabel(record, user.label)
             plan = [(e, self.account(e.domain, e.gmsa_name, user)) for e in record.entries]
             self._rebind_lease(record, plan, errors)
         for error in errors:
             log.warning("renewal with the identity from the secret failed: %s", error.message)
+
+    def _relabel(self, record: LeaseRecord, user_label: str) -> None:
+        """Record in the lease's metadata which identity now reads its gMSAs' passwords."""
+        if record.domainless_user == user_label:
+            return
+        with self.scheduler.lease_lock(record.lease_id), self._lock:
+            if record.lease_id not in self._leases:
+                return  # deleted meanwhile
+            record = dataclasses.replace(record, domainless_user=user_label)
+            self.store.update_metadata(record)
+            self._leases[record.lease_id] = record
 
     def refresh_secret_identity(self) -> None:
         """One check of the periodic refresh: re-read when due, or early while renewals fail."""
@@ -750,12 +763,20 @@ class LeaseService:
             for e in r.entries
         )
         age = time.monotonic() - self._sm_read_at
-        if self._sm is None or age >= SECRET_REFRESH or (failing and age >= SECRET_RETRY):
+        if (
+            self._sm is None
+            or age >= self.config.aws_sm_refresh
+            or (failing and age >= self.secret_check_interval)
+        ):
             self.secret_identity(refresh=True)
 
-    def secret_refresh_loop(self, stop: threading.Event, interval: float = SECRET_RETRY) -> None:
-        """Thread body: :meth:`refresh_secret_identity` every ``interval`` s until ``stop``."""
-        while not stop.wait(interval):
+    @property
+    def secret_check_interval(self) -> float:
+        return min(SECRET_RETRY, self.config.aws_sm_refresh)
+
+    def secret_refresh_loop(self, stop: threading.Event) -> None:
+        """Thread body: :meth:`refresh_secret_identity` every check interval until ``stop``."""
+        while not stop.wait(self.secret_check_interval):
             try:
                 self.refresh_secret_identity()
             except CredfetcherError as exc:

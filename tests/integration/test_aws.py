@@ -368,18 +368,23 @@ def test_wrong_bucket_owner_is_refused_and_leaves_nothing(daemon: Daemon, moto: 
     assert keys["secret_access_key"] not in daemon.log()
 
 
-def test_daemon_wide_secret_identity(samba_dc: TestDC, moto: Moto, tmp_path: Path) -> None:
-    """CF_AWS_SM_SECRET_NAME: AddKerberosLease reads gMSAs as the secret's user, also after a
-    restart (the daemon re-reads the secret with its own AWS credentials)."""
-    env = {
+def secret_daemon_env(moto: Moto, tmp_path: Path, secret_name: str) -> dict[str, str]:
+    """A daemon whose domainless identity is CF_AWS_SM_SECRET_NAME, read with its own keys."""
+    return {
         "CF_AWS_ENDPOINT_URL": moto.url,
-        "CF_AWS_SM_SECRET_NAME": "gmsa-reader",
+        "CF_AWS_SM_SECRET_NAME": secret_name,
         "AWS_ACCESS_KEY_ID": KEYS["aws_access_key_id"],
         "AWS_SECRET_ACCESS_KEY": KEYS["aws_secret_access_key"],
         "AWS_DEFAULT_REGION": REGION,
         "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
         "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
     }
+
+
+def test_daemon_wide_secret_identity(samba_dc: TestDC, moto: Moto, tmp_path: Path) -> None:
+    """CF_AWS_SM_SECRET_NAME: AddKerberosLease reads gMSAs as the secret's user, also after a
+    restart (the daemon re-reads the secret with its own AWS credentials)."""
+    env = secret_daemon_env(moto, tmp_path, "gmsa-reader")
     with running_daemon(samba_dc, tmp_path / "d", **env) as daemon:
         resp = daemon.add(samba_dc.gmsas[0])
         ccache = Path(resp.created_kerberos_file_paths[0]) / "krb5cc"
@@ -421,3 +426,51 @@ def test_arn_lease_meeting_a_dead_dc_shows_in_health(
         assert status.startswith("domain controller unreachable"), status
         assert str(closed) in status
         assert not any(daemon.krb_dir.glob("task-dead-dc*"))
+
+
+def _lease_user(daemon: Daemon, lease_id: str) -> str:
+    meta = json.loads((daemon.krb_dir / lease_id / f"{lease_id}_metadata.json").read_text())
+    user: str = meta["krb_ticket_info"][0]["domainless_user"]
+    return user.lower()
+
+
+def test_daemon_wide_identity_follows_a_rotated_secret(
+    samba_dc: TestDC, moto: Moto, tmp_path: Path
+) -> None:
+    """The secret behind CF_AWS_SM_SECRET_NAME now names another user: within the refresh
+    interval its leases are renewed as that user and say so, and new leases use it."""
+    name = "gmsa-reader-rotating"
+    sm = moto.client("secretsmanager")
+    first = {"username": samba_dc.user, "password": samba_dc.user_password,
+             "domainName": samba_dc.domain}
+    sm.create_secret(Name=name, SecretString=json.dumps(first))
+    env = secret_daemon_env(moto, tmp_path, name)
+    with running_daemon(samba_dc, tmp_path / "d", CF_AWS_SM_REFRESH="1", **env) as daemon:
+        gmsa = samba_dc.gmsas[0]
+        lease = daemon.add(gmsa).lease_id
+        ccache = daemon.krb_dir / lease / gmsa / "krb5cc"
+        assert _lease_user(daemon, lease) == f"{samba_dc.user}@{samba_dc.realm}".lower()
+        issued = read_ticket_info(ccache)
+        assert issued is not None
+
+        second = {"username": samba_dc.user2, "password": samba_dc.user2_password,
+                  "domainName": samba_dc.domain}
+        time.sleep(1.1)  # a renewal in the lease's first second could not be told apart
+        sm.put_secret_value(SecretId=name, SecretString=json.dumps(second))
+        rotated = f"{samba_dc.user2}@{samba_dc.realm}".lower()
+        deadline = time.monotonic() + 30
+        while _lease_user(daemon, lease) != rotated:
+            assert time.monotonic() < deadline, daemon.log()[-2000:]
+            time.sleep(0.2)
+        # Renewed at once as the new user (its tickets were hours from due).
+        start = issued.starttime
+        while (renewed := read_ticket_info(ccache)) is None or renewed.starttime == start:
+            assert time.monotonic() < deadline, daemon.log()[-2000:]
+            time.sleep(0.2)
+        assert renewed.starttime > issued.starttime
+        assert_valid_ccache(daemon, ccache, gmsa)
+
+        other = daemon.add(samba_dc.gmsas[1]).lease_id
+        assert _lease_user(daemon, other) == rotated
+        assert samba_dc.user2_password not in daemon.log()
+        assert samba_dc.user_password not in daemon.log()
