@@ -182,25 +182,30 @@ class RenewalScheduler:
             self._lease_locks.pop(lease_id, None)
 
     def move_target(
-        self, lease_id: str, gmsa: str, new_key: Hashable, account: Account
-    ) -> Target | None:
-        """Move one lease's copy of one gMSA to another account (new domainless credentials).
+        self,
+        new_key: Hashable,
+        account: Account,
+        target: Target,
+        info: tickets.TicketInfo | None,
+    ) -> None:
+        """Track ``target`` under the account ``new_key`` from now on, wherever it was.
 
         Only that target moves: each gMSA of a lease has its own account, and moving the whole
-        lease would write one gMSA's TGT into another's ccache.
+        lease would write one gMSA's TGT into another's ccache. Unlike :meth:`unregister_lease`
+        the lease keeps its lock, so renewal writes and a delete stay serialised across the move.
+        ``info`` is the still-valid ticket the target's file holds: joining with it, the target
+        is not due, and the background loop does not race the caller's own renewal.
         """
+        tk = (target.lease_id, target.gmsa)
         with self._lock:
-            moved: Target | None = None
             for key in list(self._groups):
                 group = self._groups[key]
-                if (lease_id, gmsa) in group.targets:
-                    moved = group.targets.pop((lease_id, gmsa))
+                if group.targets.pop(tk, None) is not None:
                     if not group.targets:
                         del self._groups[key]
                     break
-            if moved is not None:
-                self.register(new_key, account, moved, None)
-            return moved
+            self._ticket_times.pop(tk, None)
+            self.register(new_key, account, target, info)
 
     # -- status ----------------------------------------------------------------------------
 
@@ -322,8 +327,13 @@ class RenewalScheduler:
                 if group is not None:
                     self._failed(group, f"unexpected {type(exc).__name__}: {exc}")
 
-    def renew_group(self, key: Hashable) -> CredfetcherError | None:
-        """Renew one group now; return the error when it failed (None on success)."""
+    def renew_group(self, key: Hashable, *, asked: bool = False) -> CredfetcherError | None:
+        """Renew one group now; return the error when it failed (None on success).
+
+        ``asked``: a caller wants the group renewed with new credentials. A ticket that ends no
+        later than the current one (issued in the same second) then still counts: it proves the
+        credentials, and is as good as the one it replaces.
+        """
         with self._lock:
             group = self._groups.get(key)
             if group is None or group.account is None:
@@ -349,7 +359,7 @@ class RenewalScheduler:
             return exc
         self.last_dc_success = time.monotonic()
         self.last_dc_error = ""
-        if tgt.info.endtime <= old_end:
+        if tgt.info.endtime <= old_end and not asked:
             # The KDC gave us nothing new (e.g. the account's max ticket life was reached):
             # keep the current files and try again later rather than rewriting them.
             stale = KerberosError(

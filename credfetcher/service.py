@@ -450,15 +450,13 @@ class LeaseService:
             self._users[(user.username.lower(), user.domain.lower())] = user
         renewed: list[Path] = []
         for record in records:
-            for entry in record.entries:
-                account = self.account(entry.domain, entry.gmsa_name, user)
-                self.scheduler.move_target(record.lease_id, entry.gmsa_name, account.key, account)
-                error = self.scheduler.renew_group(account.key)
-                if error is not None:
-                    if error.gmsa is None:
-                        error.gmsa = entry.gmsa_name
-                    raise error
-                renewed.append(self.store.ccache_path(record.lease_id, entry.gmsa_name))
+            errors: list[CredfetcherError] = []
+            plan = [(e, self.account(e.domain, e.gmsa_name, user)) for e in record.entries]
+            self._rebind_lease(record, plan, errors)
+            if errors:
+                raise errors[0]
+            renewed.extend(self.store.entry_dir(record.lease_id, e) / CCACHE_NAME
+                           for e in record.entries)
         return renewed
 
     def list_leases(self) -> list[LeaseView]:
@@ -682,20 +680,17 @@ class LeaseService:
         with self._lock:
             if record.lease_id not in self._leases:
                 return 0  # deleted meanwhile
-        # Per-target moves: each gMSA of an ARN lease may come with a different identity. Each
-        # target joins with the ticket it holds, so the renewal thread doesn't find it due and
-        # race the renewal below (a second ticket in the same second is refused as not newer).
-        self.scheduler.unregister_lease(record.lease_id)
+        # Per-target moves: each gMSA of an ARN lease may come with a different identity.
         now = self.clock()
         for entry, account in plan:
             target = self._target(record, entry.gmsa_name)
             info = tickets.read_ticket_info(target.ccache)
-            self.scheduler.register(
+            self.scheduler.move_target(
                 account.key, account, target, info if info and info.endtime > now else None
             )
         renewed = 0
         for entry, account in plan:
-            error = self.scheduler.renew_group(account.key)
+            error = self.scheduler.renew_group(account.key, asked=True)
             if error is not None:
                 if error.gmsa is None:
                     error.gmsa = entry.gmsa_name

@@ -295,7 +295,9 @@ def test_domainless_lease_and_renew(daemon: Daemon) -> None:
         ccaches = [Path(d) / "krb5cc" for d in resp.created_kerberos_file_paths]
         for gmsa, ccache in zip(dc.gmsas[:2], ccaches, strict=True):
             assert_valid_ccache(daemon, ccache, gmsa)
-        time.sleep(1.1)  # a renewal in the same second as the Add would get no later ticket
+        # At once, likely within the Add's second: a ticket no later than the current one is
+        # still a renewal the caller asked for, not "nothing new from the KDC".
+        inodes = [c.stat().st_ino for c in ccaches]
         renewed = stub.RenewNonDomainJoinedKerberosLease(
             pb.RenewNonDomainJoinedKerberosLeaseRequest(
                 username=dc.user, password=dc.user_password, domain=dc.domain
@@ -303,6 +305,7 @@ def test_domainless_lease_and_renew(daemon: Daemon) -> None:
             timeout=60,
         )
         assert sorted(renewed.renewed_kerberos_file_paths) == sorted(str(c) for c in ccaches)
+        assert all(c.stat().st_ino != i for c, i in zip(ccaches, inodes, strict=True))
         # Each gMSA's cache still holds that gMSA's own ticket after the renewal.
         for gmsa, ccache in zip(dc.gmsas[:2], ccaches, strict=True):
             assert_valid_ccache(daemon, ccache, gmsa)

@@ -472,9 +472,7 @@ def test_domainless_group_without_account_waits_and_is_never_attempted(
 
     # Credentials arrive (RenewNonDomainJoinedKerberosLease): the lease moves and is renewed.
     account = FakeAccount("webapp", clock)
-    moved = sched.move_target("dl", "webapp", "user-account", account)
-    assert moved is not None
-    assert (moved.lease_id, moved.gmsa) == ("dl", "webapp")
+    sched.move_target("user-account", account, target(tmp_path, "dl", "webapp"), None)
     assert sched.run_due() == 1
     assert len(writes) == 1
     status = sched.status("dl", "webapp")
@@ -563,13 +561,40 @@ def test_moving_one_gmsa_leaves_the_lease_s_other_gmsas_alone(
     for gmsa in ("a", "b"):
         sched.register(("waiting", gmsa), None, target(tmp_path, "dl", gmsa), None)
     account_a = FakeAccount("a", clock)
-    assert sched.move_target("dl", "a", "acct-a", account_a) is not None
+    lock = sched.lease_lock("dl")
+    sched.move_target("acct-a", account_a, target(tmp_path, "dl", "a"), None)
+    assert sched.lease_lock("dl") is lock  # writes and a delete stay serialised across the move
     sched.run_due()
     # Only a's cache was written, with a's ticket; b still waits for its own credentials.
     assert [(w.path.parent.name, w.endtime) for w in writes] == [("a", int(clock()) + LIFE)]
     status_b = sched.status("dl", "b")
     assert status_b is not None
     assert status_b.waiting_for_credentials
+
+
+def test_a_moved_target_with_a_valid_ticket_is_not_due(
+    tmp_path: Path, clock: FakeClock, writes: list[Write]
+) -> None:
+    """New credentials for a lease whose file still holds a good ticket: the loop leaves it to
+    the caller's own renewal instead of racing it for the same second's ticket."""
+    sched = make_scheduler(clock)
+    old = FakeAccount("w", clock)
+    info = register(sched, old, target(tmp_path, "dl", "w"))
+    assert info is not None
+    new = FakeAccount("w", clock)
+    sched.move_target("new-identity", new, target(tmp_path, "dl", "w"), info)
+    assert sched.run_due() == 0
+    assert writes == []
+    # Asked for in the same second as the ticket it replaces: no later ticket, still a success.
+    assert sched.renew_group("new-identity") is not None
+    assert sched.renew_group("new-identity", asked=True) is None
+    assert len(writes) == 1
+    status = sched.status("dl", "w")
+    assert status is not None
+    assert not status.waiting_for_credentials
+    # The old group had only this target: it is gone, not left to renew an empty lease.
+    assert sched.renew_group("w") is None
+    assert len(writes) == 1
 
 
 def test_status_shows_each_lease_s_own_ticket(
