@@ -409,22 +409,11 @@ def lease_count(d: Daemon) -> int:
 # -- in-process ------------------------------------------------------------------------------------
 
 
-def in_process_config(dc: TestDC, root: Path) -> Config:
-    return Config(
-        krb_dir=root / "krbdir",
-        socket_dir=root / "socket",
-        domain_controllers=parse_dc_list(dc.dc_fqdn),
-        machine_keytab=dc.host_keytab,
-        machine_principal=dc.host_principal,
-        ldap_ca_file=dc.ca_file,
-    )
-
-
 def measure_unwarmed(dc: TestDC, gmsas: Sequence[str], samples: int, root: Path) -> list[float]:
     """First add_lease of a fresh LeaseService that never ran its start-up bind (no gRPC)."""
     times = []
     for i in range(samples):
-        service = LeaseService(in_process_config(dc, root / f"unwarmed{i}"))
+        service = LeaseService(dc.service_config(root / f"unwarmed{i}"))
         try:
             spec = make_credspec(gmsas[i % len(gmsas)], dc.domain, dc.netbios)
             started = time.perf_counter()
@@ -437,7 +426,7 @@ def measure_unwarmed(dc: TestDC, gmsas: Sequence[str], samples: int, root: Path)
 
 def measure_own_as(dc: TestDC, gmsas: Sequence[str], samples: int, root: Path) -> list[float]:
     """add_lease with keys cached but no TGT to share: every lease makes its own AS exchange."""
-    service = LeaseService(in_process_config(dc, root / "own-as"))
+    service = LeaseService(dc.service_config(root / "own-as"))
     saved = accounts.SHARE_TGT_FOR
     accounts.SHARE_TGT_FOR = 0.0
     try:
@@ -473,7 +462,7 @@ class RenewalResult:
 
 def measure_renewal(dc: TestDC, gmsas: Sequence[str], root: Path) -> RenewalResult:
     clock = FakeClock()
-    config = in_process_config(dc, root)
+    config = dc.service_config(root)
     service = LeaseService(config, clock=clock)
     try:
         specs = [make_credspec(g, dc.domain, dc.netbios) for g in gmsas]

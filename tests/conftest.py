@@ -12,8 +12,12 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from credfetcher.config import Config
+from credfetcher.discovery import parse_dc_list
 
 REPO = Path(__file__).resolve().parent.parent
 SAMBA_AD = REPO / "docker" / "samba-ad" / "samba-ad.sh"
@@ -57,6 +61,18 @@ class TestDC:
             text=True,
             timeout=120,
         )
+
+    def service_config(self, root: Path, **overrides: Any) -> Config:
+        """Settings for an in-process LeaseService of this DC, its files under ``root``."""
+        settings: dict[str, Any] = {
+            "krb_dir": root / "krbdir",
+            "socket_dir": root / "socket",
+            "domain_controllers": parse_dc_list(self.dc_fqdn),
+            "machine_keytab": self.host_keytab,
+            "machine_principal": self.host_principal,
+            "ldap_ca_file": self.ca_file,
+        }
+        return Config(**(settings | overrides))
 
     def export_keytab(self, principal: str, path: Path) -> Path:
         """Samba's own keys for ``principal``: the oracle for key derivation tests."""

@@ -26,9 +26,7 @@ import pytest
 
 from credfetcher import metrics
 from credfetcher._proto import credentialsfetcher_pb2 as pb
-from credfetcher.config import Config
 from credfetcher.credspec import make_credspec
-from credfetcher.discovery import parse_dc_list
 from credfetcher.service import LeaseService
 from credfetcher.tickets import read_ticket_info
 from tests.conftest import TestDC
@@ -94,16 +92,8 @@ class FakeClock:
 @pytest.fixture
 def service(samba_dc: TestDC, tmp_path: Path) -> Iterator[tuple[LeaseService, FakeClock]]:
     clock = FakeClock()
-    config = Config(
-        krb_dir=tmp_path / "krbdir",
-        socket_dir=tmp_path / "socket",
-        domain_controllers=parse_dc_list(samba_dc.dc_fqdn),
-        machine_keytab=samba_dc.host_keytab,
-        machine_principal=samba_dc.host_principal,
-        ldap_ca_file=samba_dc.ca_file,
-        ticket_lifetime=600,
-        renew_lifetime=3600,
-        renew_margin=120,
+    config = samba_dc.service_config(
+        tmp_path, ticket_lifetime=600, renew_lifetime=3600, renew_margin=120
     )
     svc = LeaseService(config, clock=clock)
     yield svc, clock

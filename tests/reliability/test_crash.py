@@ -29,9 +29,7 @@ import pytest
 
 from credfetcher._proto import credentialsfetcher_pb2 as pb
 from credfetcher._proto import credentialsfetcher_pb2_grpc as pb_grpc
-from credfetcher.config import Config
 from credfetcher.credspec import make_credspec
-from credfetcher.discovery import parse_dc_list
 from credfetcher.service import LeaseService
 from tests.conftest import TestDC
 from tests.integration.daemon import Daemon, running_daemon
@@ -166,16 +164,7 @@ def _check_acknowledged(
 def in_process_service(
     samba_dc: TestDC, krb5_config: Path, tmp_path: Path
 ) -> Iterator[LeaseService]:
-    config = Config(
-        krb_dir=tmp_path / "krbdir",
-        socket_dir=tmp_path / "socket",
-        domain_controllers=parse_dc_list(samba_dc.dc_fqdn),
-        machine_keytab=samba_dc.host_keytab,
-        machine_principal=samba_dc.host_principal,
-        ldap_ca_file=samba_dc.ca_file,
-        write_keytab=True,
-    )
-    service = LeaseService(config)
+    service = LeaseService(samba_dc.service_config(tmp_path, write_keytab=True))
     try:
         yield service
     finally:
