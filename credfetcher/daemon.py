@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import FrameType
 
 import grpc
 
@@ -32,6 +31,7 @@ from credfetcher.systemd import Notifier, configure_logging
 log = logging.getLogger("credfetcher")
 
 STOP_GRACE = 8.0
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,15 +118,26 @@ def start_aws_secret_identity(service: LeaseService, config: Config, stop: threa
     ).start()
 
 
+def block_stop_signals() -> None:
+    """Leave SIGTERM and SIGINT pending for :func:`wait_for_stop_signal` (this thread and every
+    thread it starts from now on)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+def wait_for_stop_signal(timeout: float) -> int | None:
+    """The stop signal that is or becomes pending within ``timeout`` seconds, else None."""
+    info = signal.sigtimedwait(STOP_SIGNALS, timeout)
+    return None if info is None else info.si_signo
+
+
 def run(config: Config, notifier: Notifier) -> int:
+    # SIGTERM and SIGINT are taken by the main loop with sigtimedwait(2), never by a handler: a
+    # Python handler runs on the main thread between bytecodes, and one that set a
+    # threading.Event could interrupt that Event's own wait() while it holds the Event's lock and
+    # deadlock (seen once in CI: "received SIGTERM" logged, then a hang). Blocked before any
+    # thread starts, so every thread inherits the mask and the signal waits for the main loop.
+    block_stop_signals()
     stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s, stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
 
     service = LeaseService(config)
     service.start()
@@ -139,13 +150,15 @@ def run(config: Config, notifier: Notifier) -> int:
     notifier.ready(f"serving {service.scheduler.lease_count()} lease(s)")
 
     interval = notifier.watchdog_interval() or 10.0
-    while not stop.wait(timeout=min(interval, 10.0)):
+    while (received := wait_for_stop_signal(min(interval, 10.0))) is None:
         ok = server.update_health()
         if service.scheduler.alive(max_age=60.0):
             notifier.watchdog()
         leases = service.scheduler.lease_count()
         notifier.status(f"{leases} lease(s); {'healthy' if ok else 'degraded'}")
 
+    log.info("received %s, stopping", signal.Signals(received).name)
+    stop.set()
     notifier.stopping("stopping")
     started = time.monotonic()
     server.stop(STOP_GRACE)
