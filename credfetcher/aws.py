@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -273,9 +274,38 @@ def _client(
             aws_secret_access_key=credentials.secret_access_key,
             aws_session_token=credentials.session_token or None,
         )
-    elif region:
+    elif region := region or _env_region():
         kwargs["region_name"] = region
     return session.create_client(service, **kwargs)
+
+
+def _env_region() -> str | None:
+    # AWS_REGION as the AWS SDKs, the AWS CLI and ECS set it; botocore itself reads only
+    # AWS_DEFAULT_REGION and the profile's region.
+    return os.environ.get("AWS_REGION") or None
+
+
+def default_credentials(region: str | None = None) -> AwsCredentials:
+    """This process's own AWS credentials, from botocore's default chain (environment,
+    ``~/.aws``, the instance or task role), for clients that send them as the ECS agent sends
+    its task's. ``region`` overrides the configured region.
+    """
+    session = _botocore().session.get_session()
+    found = session.get_credentials()
+    if found is None:
+        raise AwsCredentialsError(
+            "no AWS credentials found (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+            "~/.aws/credentials, or an instance or task role)"
+        )
+    frozen = found.get_frozen_credentials()
+    region = region or _env_region() or session.get_config_variable("region")
+    if not region:
+        raise InvalidRequestError(
+            "no AWS region: pass --region, or set AWS_REGION or a region in ~/.aws/config"
+        )
+    return AwsCredentials.from_request(
+        frozen.access_key, frozen.secret_key, frozen.token or "", str(region)
+    )
 
 
 def _translate(  # noqa: PLR0911 - one return per kind of failure reads best

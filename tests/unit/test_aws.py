@@ -207,3 +207,15 @@ def test_metadata_keeps_the_callers_directory(tmp_path: Path) -> None:
     doc["krb_ticket_info"] = info
     with pytest.raises(InvalidRequestError):
         decode_metadata(json.dumps(doc).encode())
+
+
+def test_aws_region_is_honoured_as_the_sdks_honour_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """botocore reads only AWS_DEFAULT_REGION; AWS_REGION is what ECS and the other SDKs set."""
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_REGION", "eu-west-3")
+    assert aws._client("secretsmanager", None, None, None).meta.region_name == "eu-west-3"
+    # A region from the secret's ARN wins.
+    assert aws._client("secretsmanager", None, None, "us-east-2").meta.region_name == "us-east-2"
