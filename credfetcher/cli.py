@@ -7,7 +7,9 @@ own: ``mount-args`` (built from ListLeases) and ``credspec`` (offline).
 Passwords for the domainless commands come from standard input when it is not a terminal (its
 first line) or from a no-echo prompt, never from argv or the environment: both are readable by
 other users through ``/proc`` and end up in shell history. They are never printed, and are
-scrubbed from error details the daemon sends back.
+scrubbed from error details the daemon sends back. ``add-arn`` and ``renew-arn`` send this
+process's own AWS credentials, found by botocore's default chain as the ECS agent finds its
+task's; they are not accepted as arguments, and are scrubbed from errors the same way.
 
 Exit status: 0 success; 1 ``health`` found the daemon unhealthy; 2 the daemon refused the request
 (its gRPC status and details are printed), bad local input or a usage error; 3 the daemon cannot be
@@ -354,6 +356,54 @@ def _cmd_renew_domainless(ctx: _Context) -> int:
     return EXIT_OK
 
 
+def _aws_request_credentials(ctx: _Context) -> tuple[str, str, str, str]:
+    """(access key id, secret key, session token, region) from botocore's default chain."""
+    from credfetcher import aws  # noqa: PLC0415 - needs the aws extra; slow to import
+    from credfetcher.errors import CredfetcherError  # noqa: PLC0415
+
+    try:
+        creds = aws.default_credentials(ctx.args.region)
+    except CredfetcherError as exc:
+        raise _Failure(exc.message) from exc
+    ctx.secrets.extend([creds.secret_access_key, creds.session_token])
+    return creds.access_key_id, creds.secret_access_key, creds.session_token, creds.region
+
+
+def _cmd_add_arn(ctx: _Context) -> int:
+    key, secret, token, region = _aws_request_credentials(ctx)
+    request = pb.KerberosArnLeaseRequest(
+        credspec_arns=ctx.args.arn,
+        access_key_id=key,
+        secret_access_key=secret,
+        session_token=token,
+        region=region,
+    )
+    response = ctx.call(ctx.stub().AddKerberosArnLease, request)
+    pairs = [(r.credspec_arns, r.created_kerberos_file_paths)
+             for r in response.krb_ticket_response_map]
+    ctx.emit(
+        {
+            "lease_id": response.lease_id,
+            "krb_ticket_response_map": [
+                {"credspec_arns": arn, "created_kerberos_file_paths": path}
+                for arn, path in pairs
+            ],
+        },
+        [f"lease {response.lease_id}", *(f"  {path}  ({arn})" for arn, path in pairs)],
+    )
+    return EXIT_OK
+
+
+def _cmd_renew_arn(ctx: _Context) -> int:
+    key, secret, token, region = _aws_request_credentials(ctx)
+    request = pb.RenewKerberosArnLeaseRequest(
+        access_key_id=key, secret_access_key=secret, session_token=token, region=region
+    )
+    response = ctx.call(ctx.stub().RenewKerberosArnLease, request)
+    ctx.emit({"status": response.status}, [f"renewed ARN leases: {response.status}"])
+    return EXIT_OK
+
+
 def _cmd_delete(ctx: _Context) -> int:
     request = pb.DeleteKerberosLeaseRequest(lease_id=ctx.args.lease_id)
     response = ctx.call(ctx.stub().DeleteKerberosLease, request)
@@ -534,6 +584,7 @@ examples:
   credfetcher --json list
   credfetcher health
   credfetcher delete 0123456789abcdef0123
+  credfetcher add-arn 'arn:aws:s3:::my-bucket/webapp01.json#task-0001/webapp01'
 
 exit status:
   0 success, 1 daemon unhealthy (health), 2 the daemon refused the request or bad local
@@ -543,6 +594,11 @@ environment:
   CF_UNIX_DOMAIN_SOCKET_DIR  directory of the daemon's socket (credentials_fetcher.sock)
 """
 
+_AWS_NOTE = (
+    "The AWS credentials sent to the daemon are this process's own, from botocore's default "
+    "chain: the environment, ~/.aws (AWS_PROFILE), or the instance or task role. They are never "
+    "accepted as arguments. Needs credfetcher[aws] on this host."
+)
 _STDIN_NOTE = (
     "The password is read from the first line of standard input when it is not a terminal, "
     "otherwise prompted for without echo. It is never accepted on the command line or from "
@@ -688,6 +744,38 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
             "credfetcher renew-domainless --username svc-gmsa --domain contoso.com "
             "< /run/secrets/ad-password",
         ],
+    )
+    aws_creds = argparse.ArgumentParser(add_help=False)
+    aws_creds.add_argument(
+        "--region", metavar="REGION", help="AWS region (default: AWS_REGION or ~/.aws/config)"
+    )
+    arn = _subparser(
+        subparsers,
+        "add-arn",
+        "Create a lease from credspecs in S3, as the ECS agent does (AddKerberosArnLease)",
+        parents=[common, aws_creds],
+        handler=_cmd_add_arn,
+        description=_AWS_NOTE,
+        examples=[
+            "credfetcher add-arn 'arn:aws:s3:::my-bucket/webapp01.json#task-0001/webapp01'",
+            "AWS_PROFILE=ecs-task credfetcher add-arn --region eu-west-1 "
+            "'arn:aws:s3:::b/w1.json#task-7/w1' 'arn:aws:s3:::b/w2.json#task-7/w2'",
+        ],
+    )
+    arn.add_argument(
+        "arn",
+        nargs="+",
+        metavar="ARN",
+        help="arn:aws:s3:::BUCKET/KEY#LEASE_ID/DIRECTORY, one per gMSA, all with one lease id",
+    )
+    _subparser(
+        subparsers,
+        "renew-arn",
+        "Renew every ARN lease with these AWS credentials (RenewKerberosArnLease)",
+        parents=[common, aws_creds],
+        handler=_cmd_renew_arn,
+        description=_AWS_NOTE,
+        examples=["credfetcher renew-arn --region us-east-1"],
     )
     delete = _subparser(
         subparsers,

@@ -90,6 +90,21 @@ class Daemon:
         with self.channel() as ch:
             yield pb_grpc.CredentialsFetcherServiceStub(ch)
 
+    def cli(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """The installed ``credfetcher`` client, pointed at this daemon's socket."""
+        script = Path(sys.executable).with_name("credfetcher")
+        argv = [str(script)] if script.exists() else [sys.executable, "-m", "credfetcher.cli"]
+        return subprocess.run(
+            [*argv, "--socket", str(self.socket_path), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env=env,
+        )
+
     def credspec(self, gmsa: str) -> str:
         return make_credspec(gmsa, self.dc.domain, self.dc.netbios)
 

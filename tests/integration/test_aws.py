@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -470,3 +471,66 @@ def test_daemon_wide_identity_follows_a_rotated_secret(
         assert _lease_user(daemon, other) == rotated
         assert samba_dc.user2_password not in daemon.log()
         assert samba_dc.user_password not in daemon.log()
+
+
+def _cli_aws_env(tmp_path: Path, **keys: str) -> dict[str, str]:
+    """The CLI's environment: only the AWS keys given; no ~/.aws, no instance metadata."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(
+        AWS_CONFIG_FILE=str(tmp_path / "no-aws-config"),
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "no-aws-credentials"),
+        AWS_EC2_METADATA_DISABLED="true",
+        **keys,
+    )
+    return env
+
+
+def test_cli_add_arn_and_renew_arn(daemon: Daemon, moto: Moto, tmp_path: Path) -> None:
+    """``credfetcher add-arn`` / ``renew-arn`` send the caller's own AWS keys (botocore's chain)."""
+    dc = daemon.dc
+    g1, g2 = dc.gmsas[:2]
+    arns = [moto.arn(f"{g1}.json", "task-cli", g1), moto.arn(f"{g2}.json", "task-cli", "app")]
+    env = _cli_aws_env(
+        tmp_path,
+        AWS_ACCESS_KEY_ID=KEYS["aws_access_key_id"],
+        AWS_SECRET_ACCESS_KEY=KEYS["aws_secret_access_key"],
+        AWS_SESSION_TOKEN=SESSION_TOKEN,
+    )
+    added = daemon.cli("--json", "add-arn", "--region", REGION, *arns, env=env)
+    assert added.returncode == 0, added.stderr
+    out = json.loads(added.stdout)
+    assert out["lease_id"] == "task-cli"
+    paths = {m["credspec_arns"]: Path(m["created_kerberos_file_paths"])
+             for m in out["krb_ticket_response_map"]}
+    assert paths == {
+        a.split("#")[0]: daemon.krb_dir / "task-cli" / d
+        for a, d in zip(arns, (g1, "app"), strict=True)
+    }
+    for arn, gmsa in zip(arns, (g1, g2), strict=True):
+        assert_valid_ccache(daemon, paths[arn.split("#")[0]] / "krb5cc", gmsa)
+
+    renewed = daemon.cli("renew-arn", "--region", REGION, env=env)
+    assert renewed.returncode == 0, renewed.stderr
+    assert "successful" in renewed.stdout
+
+    # Another account's keys: the daemon's refusal is shown; their secret key is never printed.
+    other = moto.other_account_keys()
+    refused = daemon.cli(
+        "add-arn", "--region", REGION, moto.arn(f"{g1}.json", "task-cli2", g1),
+        env=_cli_aws_env(
+            tmp_path,
+            AWS_ACCESS_KEY_ID=other["access_key_id"],
+            AWS_SECRET_ACCESS_KEY=other["secret_access_key"],
+            AWS_SESSION_TOKEN=other["session_token"],
+        ),
+    )
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("credfetcher: PERMISSION_DENIED:"), refused.stderr
+    assert OTHER_ACCOUNT in refused.stderr
+    assert other["secret_access_key"] not in refused.stdout + refused.stderr
+    assert not (daemon.krb_dir / "task-cli2").exists()
+    nothing = daemon.cli("add-arn", arns[0].replace("task-cli", "task-cli3"),
+                         env=_cli_aws_env(tmp_path))
+    assert nothing.returncode == 2
+    assert "no AWS credentials found" in nothing.stderr
+    assert not (daemon.krb_dir / "task-cli3").exists()

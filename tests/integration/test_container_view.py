@@ -27,7 +27,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -161,21 +160,8 @@ class Iteration:
 # --------------------------------------------------------------------------- helpers
 
 
-def credfetcher_cli(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
-    """The installed ``credfetcher`` client, pointed at this daemon's socket."""
-    script = Path(sys.executable).with_name("credfetcher")
-    argv = [str(script)] if script.exists() else [sys.executable, "-m", "credfetcher.cli"]
-    return subprocess.run(
-        [*argv, "--socket", str(daemon.socket_path), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def mount_args(daemon: Daemon, lease_id: str, *extra: str) -> MountArgs:
-    proc = credfetcher_cli(daemon, "mount-args", lease_id, *extra, "--format", "json")
+    proc = daemon.cli("mount-args", lease_id, *extra, "--format", "json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     return MountArgs(
@@ -445,7 +431,7 @@ def test_mount_args_names_the_lease_gmsa_directory(
         assert created[gmsa.lower()] == expected
         assert (expected / "krb5cc").is_file()
 
-        docker = credfetcher_cli(short_ticket_daemon, "mount-args", lease_id, gmsa)
+        docker = short_ticket_daemon.cli("mount-args", lease_id, gmsa)
         assert docker.returncode == 0, docker.stderr
         assert docker.stdout.split() == [
             "--mount",
@@ -462,10 +448,10 @@ def test_mount_args_names_the_lease_gmsa_directory(
     custom = mount_args(short_ticket_daemon, lease_id, second, "--target", "/run/krb/")
     assert (custom.target, custom.ccname) == ("/run/krb", "FILE:/run/krb/krb5cc")
 
-    ambiguous = credfetcher_cli(short_ticket_daemon, "mount-args", lease_id)
+    ambiguous = short_ticket_daemon.cli("mount-args", lease_id)
     assert ambiguous.returncode == 2
     assert "name one" in ambiguous.stderr
-    unknown = credfetcher_cli(short_ticket_daemon, "mount-args", "0" * 20)
+    unknown = short_ticket_daemon.cli("mount-args", "0" * 20)
     assert unknown.returncode == 2
     assert "no lease" in unknown.stderr
 

@@ -102,12 +102,23 @@ class FakeService(pb_grpc.CredentialsFetcherServiceServicer):
     def AddKerberosArnLease(
         self, request: pb.KerberosArnLeaseRequest, context: grpc.ServicerContext
     ) -> pb.CreateKerberosArnLeaseResponse:
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not used by the CLI")
+        self._record(request, context)
+        return pb.CreateKerberosArnLeaseResponse(
+            lease_id="task-1",
+            krb_ticket_response_map=[
+                pb.KerberosTicketArnResponse(
+                    credspec_arns=arn.split("#")[0],
+                    created_kerberos_file_paths=str(self.krbdir / "task-1" / arn.split("/")[-1]),
+                )
+                for arn in request.credspec_arns
+            ],
+        )
 
     def RenewKerberosArnLease(
         self, request: pb.RenewKerberosArnLeaseRequest, context: grpc.ServicerContext
     ) -> pb.RenewKerberosArnLeaseResponse:
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not used by the CLI")
+        self._record(request, context)
+        return pb.RenewKerberosArnLeaseResponse(status="successful")
 
     def ListLeases(
         self, request: pb.ListLeasesRequest, context: grpc.ServicerContext
@@ -971,3 +982,79 @@ def test_top_level_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str
 def test_no_subcommand_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main([]) == 2
     assert "usage:" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- add-arn, renew-arn
+
+AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+
+
+@pytest.fixture
+def aws_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """AWS keys in the environment only: no ~/.aws, no instance metadata."""
+    for name in ("AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", AWS_SECRET)
+
+
+@pytest.mark.usefixtures("aws_env")
+def test_add_arn_sends_the_callers_aws_keys(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "token-1")
+    arns = ["arn:aws:s3:::b/w1.json#task-1/w1", "arn:aws:s3:::b/w2.json#task-1/app"]
+    result = run(capsys, daemon, "add-arn", "--region", "eu-west-1", *arns)
+    assert result.code == 0, result.err
+    (request,) = result.requests
+    assert isinstance(request, pb.KerberosArnLeaseRequest)
+    assert list(request.credspec_arns) == arns
+    assert (request.access_key_id, request.secret_access_key) == ("AKIDEXAMPLE", AWS_SECRET)
+    assert (request.session_token, request.region) == ("token-1", "eu-west-1")
+    assert result.out.splitlines() == [
+        "lease task-1",
+        f"  {daemon.krbdir / 'task-1' / 'w1'}  (arn:aws:s3:::b/w1.json)",
+        f"  {daemon.krbdir / 'task-1' / 'app'}  (arn:aws:s3:::b/w2.json)",
+    ]
+    assert AWS_SECRET not in result.out + result.err
+
+
+@pytest.mark.usefixtures("aws_env")
+def test_renew_arn_takes_the_region_from_the_environment(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_REGION", "us-west-2")
+    result = run(capsys, daemon, "--json", "renew-arn")
+    assert result.code == 0, result.err
+    (request,) = result.requests
+    assert isinstance(request, pb.RenewKerberosArnLeaseRequest)
+    assert (request.region, request.session_token) == ("us-west-2", "")
+    assert json.loads(result.out) == {"status": "successful"}
+
+
+@pytest.mark.usefixtures("aws_env")
+def test_arn_commands_need_credentials_and_a_region(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    no_region = run(capsys, daemon, "renew-arn")
+    assert no_region.code == cli.EXIT_ERROR
+    assert "no AWS region" in no_region.err
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    no_keys = run(capsys, daemon, "add-arn", "--region", "us-east-1", "arn:aws:s3:::b/k#l/d")
+    assert no_keys.code == cli.EXIT_ERROR
+    assert "no AWS credentials found" in no_keys.err
+    assert no_keys.requests == []  # nothing was sent
+
+
+@pytest.mark.usefixtures("aws_env")
+def test_arn_errors_never_echo_the_secret_key(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    daemon.service.abort = (grpc.StatusCode.PERMISSION_DENIED, f"refused key {AWS_SECRET}")
+    result = run(capsys, daemon, "renew-arn", "--region", "us-east-1")
+    assert result.code == cli.EXIT_ERROR
+    assert result.err.strip() == "credfetcher: PERMISSION_DENIED: refused key ***"
