@@ -62,9 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"credfetcherd {__version__}")
     group = parser.add_argument_group("settings (each also an environment variable)")
     for setting in SETTINGS:
-        group.add_argument(
-            setting.flag, dest=setting.name, metavar="VALUE", help=f"{setting.help} [{setting.env}]"
-        )
+        # argparse %-formats help texts: a literal "90 %" would break --help.
+        text = f"{setting.help} [{setting.env}]".replace("%", "%%")
+        group.add_argument(setting.flag, dest=setting.name, metavar="VALUE", help=text)
     return parser
 
 

@@ -952,6 +952,8 @@ SUBCOMMANDS = {
     "health": "HealthCheck",
     "mount-args": "KRB5CCNAME",
     "credspec": "credential spec",
+    "add-arn": "AddKerberosArnLease",
+    "renew-arn": "RenewKerberosArnLease",
 }
 
 
