@@ -423,13 +423,16 @@ class LeaseService:
         """DeleteKerberosLease: remove exactly that lease; return its ccache paths."""
         lease_id = validate_lease_id(lease_id)
         with self.scheduler.lease_lock(lease_id):
-            self.scheduler.unregister_lease(lease_id)
             try:
                 removed = self.store.delete(lease_id)
             except LeaseNotFoundError:
+                self.scheduler.unregister_lease(lease_id)
                 with self._lock:
                     self._leases.pop(lease_id, None)
                 raise
+            # Gone from disk first, then from the scheduler: a rebind that registers the lease
+            # again in between finds it gone (see _rebind_lease).
+            self.scheduler.unregister_lease(lease_id)
         with self._lock:
             self._leases.pop(lease_id, None)
         log.info("deleted lease %s", lease_id, extra={"LEASE_ID": lease_id})
@@ -452,11 +455,10 @@ class LeaseService:
         for record in records:
             errors: list[CredfetcherError] = []
             plan = [(e, self.account(e.domain, e.gmsa_name, user)) for e in record.entries]
-            self._rebind_lease(record, plan, errors)
+            entries = self._rebind_lease(record, plan, errors)
             if errors:
                 raise errors[0]
-            renewed.extend(self.store.entry_dir(record.lease_id, e) / CCACHE_NAME
-                           for e in record.entries)
+            renewed.extend(self.store.entry_dir(record.lease_id, e) / CCACHE_NAME for e in entries)
         return renewed
 
     def list_leases(self) -> list[LeaseView]:
@@ -662,7 +664,7 @@ class LeaseService:
             except CredfetcherError as exc:
                 errors.append(exc)
                 continue
-            renewed += self._rebind_lease(record, plan, errors)
+            renewed += len(self._rebind_lease(record, plan, errors))
         if errors:
             first = errors[0]
             if len(errors) > 1:
@@ -675,11 +677,12 @@ class LeaseService:
         record: LeaseRecord,
         plan: list[tuple[GmsaEntry, GmsaAccount]],
         errors: list[CredfetcherError],
-    ) -> int:
-        """Give each gMSA of ``record`` its own account (identity) and renew it now."""
+    ) -> list[GmsaEntry]:
+        """Give each gMSA of ``record`` its own account (identity) and renew it now; return the
+        entries renewed (none when the lease was deleted meanwhile)."""
         with self._lock:
             if record.lease_id not in self._leases:
-                return 0  # deleted meanwhile
+                return []  # deleted meanwhile
         # Per-target moves: each gMSA of an ARN lease may come with a different identity.
         now = self.clock()
         for entry, account in plan:
@@ -688,7 +691,12 @@ class LeaseService:
             self.scheduler.move_target(
                 account.key, account, target, info if info and info.endtime > now else None
             )
-        renewed = 0
+        if not self.store.exists(record.lease_id):
+            # Deleted while we moved it: delete_lease removes a lease from disk before it
+            # unregisters it, so one of us two always sees the other and nothing lives on.
+            self.scheduler.unregister_lease(record.lease_id)
+            return []
+        renewed = []
         for entry, account in plan:
             error = self.scheduler.renew_group(account.key, asked=True)
             if error is not None:
@@ -696,7 +704,7 @@ class LeaseService:
                     error.gmsa = entry.gmsa_name
                 errors.append(error)
             else:
-                renewed += 1
+                renewed.append(entry)
         return renewed
 
     def secret_identity(self, *, refresh: bool = False) -> UserIdentity | None:

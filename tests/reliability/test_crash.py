@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -30,6 +31,7 @@ import pytest
 from credfetcher._proto import credentialsfetcher_pb2 as pb
 from credfetcher._proto import credentialsfetcher_pb2_grpc as pb_grpc
 from credfetcher.credspec import make_credspec
+from credfetcher.identity import UserIdentity
 from credfetcher.service import LeaseService
 from tests.conftest import TestDC
 from tests.integration.daemon import Daemon, running_daemon
@@ -218,3 +220,32 @@ def test_acknowledged_lease_is_on_disk_durably_before_the_reply(
         assert str(path) in synced, f"{path} published without fsync"
     assert not dirty, f"renames not made durable (directory never fsynced after): {sorted(dirty)}"
     assert str(krb_dir) in synced
+
+
+def test_a_lease_deleted_while_it_is_rebound_leaves_no_renewal_behind(
+    in_process_service: LeaseService, samba_dc: TestDC, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RenewNonDomainJoined and DeleteKerberosLease of the same lease at once: whichever order
+    they interleave in, the deleted lease must not live on as a renewal group (an AS exchange
+    every cycle for files that are gone). Here the delete lands just before the rebind moves
+    the lease's targets, the narrowest window."""
+    service = in_process_service
+    user = UserIdentity(samba_dc.user, samba_dc.domain, samba_dc.user_password)
+    gmsa = samba_dc.gmsas[0]
+    lease = service.add_lease([make_credspec(gmsa, samba_dc.domain)], user=user).lease_id
+    assert service.scheduler.status(lease, gmsa) is not None
+    move = service.scheduler.move_target
+    deleted: list[str] = []
+
+    def delete_first(*args: Any, **kwargs: Any) -> None:
+        if not deleted:
+            deleted.append(lease)
+            service.delete_lease(lease)  # another RPC, completing first
+        move(*args, **kwargs)
+
+    monkeypatch.setattr(service.scheduler, "move_target", delete_first)
+    service.renew_domainless(user)
+    assert deleted == [lease]
+    assert service.scheduler.status(lease, gmsa) is None
+    assert service.scheduler.lease_count() == 0
+    assert not service.store.lease_dir(lease).exists()
