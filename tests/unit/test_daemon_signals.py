@@ -69,7 +69,10 @@ def test_a_stop_signal_is_returned_not_delivered() -> None:
     try:
         daemon.block_stop_signals()
         assert daemon.wait_for_stop_signal(0.01) is None
-        os.kill(os.getpid(), signal.SIGINT)  # pending: no KeyboardInterrupt is raised
+        # Aimed at this thread: pytest's other threads (gRPC's, from earlier tests) do not block
+        # it, and a process-wide SIGINT could be delivered to one of them. The daemon blocks the
+        # signals before it starts any thread, so all of its threads inherit the mask.
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)  # pending: no KeyboardInterrupt
         assert daemon.wait_for_stop_signal(1.0) == signal.SIGINT
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
