@@ -150,6 +150,7 @@ class LeaseService:
         self._sm_lock = threading.Lock()
         self._sm: SecretIdentity | None = None
         self._sm_read_at = 0.0
+        self._sm_error = ""
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -515,7 +516,8 @@ class LeaseService:
         return views
 
     def health(self) -> tuple[bool, str]:
-        """ "OK" only when the renewal loop is alive and the last DC/KDC exchange succeeded."""
+        """ "OK" only when the renewal loop is alive, the last DC/KDC exchange succeeded and,
+        with CF_AWS_SM_SECRET_NAME, its identity could be read."""
         problems = []
         if not self.scheduler.alive(max_age=60.0):
             problems.append("renewal loop is not running")
@@ -526,6 +528,10 @@ class LeaseService:
             problems.append(f"renewal failing for {principal}{more}: {error}")
         elif self.scheduler.last_dc_error:
             problems.append(f"domain controller unreachable: {self.scheduler.last_dc_error}")
+        if self._sm_error and self._sm is None:
+            # Every AddKerberosLease needs this identity and there is none: say so before callers
+            # find out. A failed re-read while the last identity still serves is only logged.
+            problems.append(f"cannot read CF_AWS_SM_SECRET_NAME: {self._sm_error}")
         if problems:
             return False, "; ".join(problems)
         return True, "OK"
@@ -722,10 +728,14 @@ class LeaseService:
             if (current is not None and not refresh
                     and now - self._sm_read_at < self.config.aws_sm_refresh):
                 return current.user
-            fresh = aws.read_identity_secret(
-                name, None, endpoint_url=self.config.aws_endpoint_url
-            )
-            self._sm, self._sm_read_at = fresh, now
+            try:
+                fresh = aws.read_identity_secret(
+                    name, None, endpoint_url=self.config.aws_endpoint_url
+                )
+            except CredfetcherError as exc:
+                self._sm_error = exc.message
+                raise
+            self._sm, self._sm_read_at, self._sm_error = fresh, now, ""
         if current is None or current.user.key != fresh.user.key:
             log.info("identity from secret %s: %s", name, fresh.user.label)
             self._attach_secret_leases(fresh.user)

@@ -534,3 +534,34 @@ def test_cli_add_arn_and_renew_arn(daemon: Daemon, moto: Moto, tmp_path: Path) -
     assert nothing.returncode == 2
     assert "no AWS credentials found" in nothing.stderr
     assert not (daemon.krb_dir / "task-cli3").exists()
+
+
+def test_an_unreadable_daemon_wide_secret_shows_in_health_until_it_appears(
+    samba_dc: TestDC, moto: Moto, tmp_path: Path
+) -> None:
+    """CF_AWS_SM_SECRET_NAME names a secret that does not exist yet: every Add would fail, so
+    HealthCheck says why; once the secret is created the daemon reads it and is healthy."""
+    name = "gmsa-reader-later"
+    env = secret_daemon_env(moto, tmp_path, name)
+    with running_daemon(samba_dc, tmp_path / "d", CF_AWS_SM_REFRESH="1", **env) as daemon:
+        with daemon.client() as stub:
+            status = stub.HealthCheck(pb.HealthCheckRequest(), timeout=5).status
+            assert status.startswith("cannot read CF_AWS_SM_SECRET_NAME"), status
+            assert name in status
+            with pytest.raises(grpc.RpcError) as info:
+                daemon.add(samba_dc.gmsas[0])
+            assert info.value.code() == grpc.StatusCode.NOT_FOUND, info.value.details()
+            assert name in (info.value.details() or "")
+
+            moto.client("secretsmanager").create_secret(
+                Name=name,
+                SecretString=json.dumps({"username": samba_dc.user,
+                                         "password": samba_dc.user_password,
+                                         "domainName": samba_dc.domain}),
+            )
+            deadline = time.monotonic() + 30
+            while (status := stub.HealthCheck(pb.HealthCheckRequest(), timeout=5).status) != "OK":
+                assert time.monotonic() < deadline, status
+                time.sleep(0.2)
+        lease = daemon.add(samba_dc.gmsas[0]).lease_id
+        assert _lease_user(daemon, lease) == f"{samba_dc.user}@{samba_dc.realm}".lower()
