@@ -521,7 +521,8 @@ def test_one_app_process_keeps_authenticating_across_renewals(
     assert out is not None
     reader = threading.Thread(target=lambda: lines.extend(out), daemon=True)
     reader.start()
-    # Two renewals (~130 s apart), then a few more app iterations on the newest ticket.
+    # Two renewals (a 135 s margin on 150 s tickets: one every 7.5-15 s), then a few more app
+    # iterations on the second renewal's ticket.
     deadline = time.monotonic() + 1.5 * TICKET_LIFETIME
     try:
         while time.monotonic() < deadline and app.poll() is None:
@@ -566,8 +567,10 @@ def test_one_app_process_keeps_authenticating_across_renewals(
         assert in_force[-1].info.endtime - it.started > KDC_MIN_TGT_LIFE, (it, report)
     # Each renewal replaced the file by a rename (a new inode). The app's next iterations reached
     # the new file through the same directory mount and authenticated with the new ticket.
+    # Judged: the two renewals the loop waited for. A third may land just before the loop stops,
+    # with no iteration after it yet; it still bounds the second one's window.
     for previous, current, following in zip(
-        generations, generations[1:], [*generations[2:], None], strict=False
+        generations[:2], generations[1:3], [*generations[2:], None], strict=False
     ):
         assert current.inode != previous.inode, f"renewal rewrote the ccache in place: {report}"
         end = following.seen_at - 1 if following is not None else 1e12
