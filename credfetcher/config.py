@@ -154,7 +154,7 @@ def _gid(value: str) -> int | None:
 
 
 def _id_list(value: str) -> tuple[int, ...]:
-    ids = tuple(int(part, 10) for part in re.split(r"[,\s]+", value.strip()) if part)
+    ids = tuple(int(part, 10) for part in _str_list(value))
     if any(not 0 <= i < 2**32 - 1 for i in ids):
         raise ValueError(f"{value!r} holds an id out of range")
     return ids

@@ -116,12 +116,7 @@ class LeaseStore:
 
     def entry_dir(self, lease_id: str, entry: GmsaEntry) -> Path:
         """The directory of one gMSA of a lease (its own name, or the one the caller chose)."""
-        if entry.directory is not None:
-            return self.lease_dir(lease_id) / validate_dir_name(entry.directory)
-        return self.gmsa_dir(lease_id, entry.gmsa_name)
-
-    def ccache_path(self, lease_id: str, gmsa_name: str) -> Path:
-        return self.gmsa_dir(lease_id, gmsa_name) / CCACHE_NAME
+        return self.lease_dir(lease_id) / _checked_dir_name(entry)
 
     def metadata_path(self, lease_id: str) -> Path:
         return self.lease_dir(lease_id) / f"{lease_id}_metadata.json"
@@ -156,19 +151,10 @@ class LeaseStore:
         return staging
 
     @staticmethod
-    def staged_gmsa_dir(staging: Path, gmsa_name: str) -> Path:
-        path = staging / validate_gmsa_name(gmsa_name)
+    def staged_entry_dir(staging: Path, entry: GmsaEntry) -> Path:
+        path = staging / _checked_dir_name(entry)
         path.mkdir(mode=0o755, exist_ok=True)
         path.chmod(0o755)  # the container's mount root: not left to the umask either
-        return path
-
-    @staticmethod
-    def staged_entry_dir(staging: Path, entry: GmsaEntry) -> Path:
-        if entry.directory is None:
-            return LeaseStore.staged_gmsa_dir(staging, entry.gmsa_name)
-        path = staging / validate_dir_name(entry.directory)
-        path.mkdir(mode=0o755, exist_ok=True)
-        path.chmod(0o755)
         return path
 
     def commit(self, staging: Path, record: LeaseRecord) -> None:
@@ -304,6 +290,12 @@ def encode_metadata(record: LeaseRecord, lease_dir: Path) -> bytes:
         },
     }
     return json.dumps(doc, indent=2).encode()
+
+
+def _checked_dir_name(entry: GmsaEntry) -> str:
+    if entry.directory is not None:
+        return validate_dir_name(entry.directory)
+    return validate_gmsa_name(entry.gmsa_name)
 
 
 def _directory(info: dict[str, Any]) -> str | None:

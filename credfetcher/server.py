@@ -95,6 +95,14 @@ def _user(username: str, password: str, domain: str) -> UserIdentity:
     return UserIdentity.parse(username, password, domain)
 
 
+def _aws_credentials(
+    request: pb.KerberosArnLeaseRequest | pb.RenewKerberosArnLeaseRequest,
+) -> AwsCredentials:
+    return AwsCredentials.from_request(
+        request.access_key_id, request.secret_access_key, request.session_token, request.region
+    )
+
+
 class CredentialsFetcherServicer(pb_grpc.CredentialsFetcherServiceServicer):
     """Every RPC of credentialsfetcher.CredentialsFetcherService."""
 
@@ -169,12 +177,7 @@ class CredentialsFetcherServicer(pb_grpc.CredentialsFetcherServiceServicer):
         self, request: pb.KerberosArnLeaseRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.CreateKerberosArnLeaseResponse:
         def run() -> pb.CreateKerberosArnLeaseResponse:
-            credentials = AwsCredentials.from_request(
-                request.access_key_id,
-                request.secret_access_key,
-                request.session_token,
-                request.region,
-            )
+            credentials = _aws_credentials(request)
             result = self.service.add_arn_lease(list(request.credspec_arns), credentials)
             return pb.CreateKerberosArnLeaseResponse(
                 lease_id=result.lease_id,
@@ -192,13 +195,7 @@ class CredentialsFetcherServicer(pb_grpc.CredentialsFetcherServiceServicer):
         self, request: pb.RenewKerberosArnLeaseRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.RenewKerberosArnLeaseResponse:
         def run() -> pb.RenewKerberosArnLeaseResponse:
-            credentials = AwsCredentials.from_request(
-                request.access_key_id,
-                request.secret_access_key,
-                request.session_token,
-                request.region,
-            )
-            self.service.renew_arn_leases(credentials)
+            self.service.renew_arn_leases(_aws_credentials(request))
             return pb.RenewKerberosArnLeaseResponse(status="successful")
 
         return await _call(context, "RenewKerberosArnLease", run, self.executor)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -570,7 +571,7 @@ class LeaseService:
 
         endpoint = self.config.aws_endpoint_url
         account = aws.caller_account(credentials, endpoint)
-        secrets: dict[str, SecretIdentity] = {}
+        read_secret = self._secret_reader(credentials)
         items: list[tuple[CredspecArn, Credspec, UserIdentity]] = []
         seen: dict[tuple[str, str], str] = {}
         for ref in refs:
@@ -592,13 +593,7 @@ class LeaseService:
                     f"gMSA {spec.gmsa_name} is named twice in lease {lease_id} "
                     f"(directories {other} and {ref.directory})"
                 )
-            secret = secrets.get(spec.credential_arn)
-            if secret is None:
-                secret = aws.read_identity_secret(
-                    spec.credential_arn, credentials, endpoint_url=endpoint
-                )
-                secrets[spec.credential_arn] = secret
-            items.append((ref, spec, secret.user))
+            items.append((ref, spec, read_secret(spec.credential_arn).user))
         with self._add_slots:
             return self._add_arn_lease(lease_id, items, ownership or self.default_ownership())
 
@@ -636,6 +631,13 @@ class LeaseService:
             ),
         )
 
+    def _secret_reader(self, credentials: AwsCredentials) -> Callable[[str], SecretIdentity]:
+        """Reads identity secrets with one request's ``credentials``, each secret ARN once."""
+        endpoint = self.config.aws_endpoint_url
+        return functools.cache(
+            lambda arn: aws.read_identity_secret(arn, credentials, endpoint_url=endpoint)
+        )
+
     def renew_arn_leases(self, credentials: AwsCredentials) -> int:
         """RenewKerberosArnLease: re-read every ARN lease's secrets with ``credentials``, renew.
 
@@ -644,7 +646,7 @@ class LeaseService:
         """
         with self._lock:
             records = [r for r in self._leases.values() if r.kind == "arn"]
-        secrets: dict[str, SecretIdentity] = {}
+        read_secret = self._secret_reader(credentials)
         errors: list[CredfetcherError] = []
         renewed = 0
         for record in records:
@@ -656,17 +658,8 @@ class LeaseService:
                             f"lease {record.lease_id}: gMSA {entry.gmsa_name} has no "
                             "CredentialArn in its metadata"
                         )
-                    secret = secrets.get(entry.credential_arn)
-                    if secret is None:
-                        secret = aws.read_identity_secret(
-                            entry.credential_arn,
-                            credentials,
-                            endpoint_url=self.config.aws_endpoint_url,
-                        )
-                        secrets[entry.credential_arn] = secret
-                    plan.append(
-                        (entry, self.account(entry.domain, entry.gmsa_name, secret.user))
-                    )
+                    user = read_secret(entry.credential_arn).user
+                    plan.append((entry, self.account(entry.domain, entry.gmsa_name, user)))
             except CredfetcherError as exc:
                 errors.append(exc)
                 continue

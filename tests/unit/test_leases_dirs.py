@@ -29,11 +29,9 @@ def test_lease_and_gmsa_directories_are_0755(tmp_path: Path, umask: int) -> None
     store.prepare()
     lease_id = new_lease_id()
     staging = store.stage(lease_id)
-    store.staged_gmsa_dir(staging, "webapp01")
-    record = LeaseRecord(
-        lease_id=lease_id,
-        entries=(GmsaEntry("webapp01", "example.com", "CN=webapp01", "{}"),),
-    )
+    entry = GmsaEntry("webapp01", "example.com", "CN=webapp01", "{}")
+    store.staged_entry_dir(staging, entry)
+    record = LeaseRecord(lease_id=lease_id, entries=(entry,))
 
     store.commit(staging, record)
 
