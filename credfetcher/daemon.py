@@ -105,7 +105,8 @@ def start_aws_secret_identity(service: LeaseService, config: Config, stop: threa
     """CF_AWS_SM_SECRET_NAME: read the identity now, then keep it fresh in a thread.
 
     Leases made with it wait for it after a restart; reading it here gives them their identity
-    back. A failure is logged, not fatal: the next check (every 30 s) or request tries again.
+    back. A failure is logged, not fatal: the next check (every 30 s, or CF_AWS_SM_REFRESH when
+    shorter) or request tries again.
     """
     if config.aws_sm_secret_name is None:
         return

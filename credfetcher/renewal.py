@@ -83,8 +83,8 @@ class GroupState:
     last_error: str = ""
     last_success: float = 0.0
     failing_since: float | None = None
-    material_id: int = 0
-    registered_at: float = 0.0  # id() of the key material last written to keytabs
+    material_id: int = 0  # id() of the key material last written to keytabs
+    registered_at: float = 0.0
 
 
 @dataclass(frozen=True)
