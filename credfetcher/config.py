@@ -11,6 +11,7 @@ its parser. Nothing deeper in the code reads the environment or the file again: 
 from __future__ import annotations
 
 import grp
+import ipaddress
 import os
 import pwd
 import re
@@ -97,6 +98,57 @@ def _path(value: str) -> Path:
 
 def _opt_str(value: str) -> str | None:
     return value or None
+
+
+UNIX_PREFIX = "unix:"
+
+
+@dataclass(frozen=True)
+class MetricsAddress:
+    """Where to serve: a loopback ``host``/``port``, or a Unix socket ``path``."""
+
+    host: str = ""
+    port: int = 0
+    path: Path | None = None
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return f"{UNIX_PREFIX}{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_metrics_address(text: str) -> MetricsAddress:
+    """``unix:/abs/path``, or ``HOST:PORT`` where HOST is a loopback address or ``localhost``.
+
+    Anything else raises ValueError saying what is wrong.
+    """
+    text = text.strip()
+    if text.startswith(UNIX_PREFIX):
+        path = Path(text[len(UNIX_PREFIX) :])
+        if not path.is_absolute():
+            raise ValueError(f"{text!r}: a Unix socket path must be absolute")
+        return MetricsAddress(path=path)
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{text!r} is not HOST:PORT (a loopback address) or unix:/path")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if host != "localhost":
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ValueError(
+                f"{text!r}: serve metrics on a loopback address (127.0.0.1, ::1, localhost) "
+                "or a Unix socket only"
+            )
+    return MetricsAddress(host=host, port=int(port_text))
+
+
+def _metrics_address(value: str) -> str | None:
+    # Checked here so a public address is refused at start-up, not when the daemon binds it.
+    return str(parse_metrics_address(value)) if value.strip() else None
 
 
 def _bool(value: str) -> bool:
@@ -290,7 +342,12 @@ SETTINGS: tuple[Setting, ...] = (
         _endpoint_url,
         "http(s) URL for S3, STS and Secrets Manager instead of AWS's (a local emulator in tests)",
     ),
-    Setting("metrics_address", "CF_METRICS_ADDRESS", _opt_str, "host:port for Prometheus text"),
+    Setting(
+        "metrics_address",
+        "CF_METRICS_ADDRESS",
+        _metrics_address,
+        "serve Prometheus metrics on a loopback HOST:PORT or unix:/path (default: off)",
+    ),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
 

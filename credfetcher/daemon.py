@@ -10,6 +10,7 @@ alive. SIGTERM sends STOPPING=1, lets in-flight calls finish and exits 0 within 
 from __future__ import annotations
 
 import argparse
+import grp
 import logging
 import signal
 import sys
@@ -22,8 +23,9 @@ import grpc
 from credfetcher import __version__
 from credfetcher._proto import credentialsfetcher_pb2 as pb
 from credfetcher._proto import credentialsfetcher_pb2_grpc as pb_grpc
-from credfetcher.config import SETTINGS, Config, describe, load_config
+from credfetcher.config import SETTINGS, Config, describe, load_config, parse_metrics_address
 from credfetcher.errors import ConfigError, CredfetcherError
+from credfetcher.exporter import MetricsServer
 from credfetcher.server import Server
 from credfetcher.service import LeaseService
 from credfetcher.systemd import Notifier, configure_logging
@@ -119,6 +121,19 @@ def start_aws_secret_identity(service: LeaseService, config: Config, stop: threa
     ).start()
 
 
+def start_metrics(service: LeaseService, config: Config) -> MetricsServer | None:
+    """The Prometheus endpoint, when CF_METRICS_ADDRESS is set (the address is checked by
+    config). A port that cannot be bound stops the start: the operator asked for metrics."""
+    if config.metrics_address is None:
+        return None
+    gid = grp.getgrnam(config.socket_group).gr_gid if config.socket_group else None
+    exporter = MetricsServer(
+        parse_metrics_address(config.metrics_address), service.metrics_state, socket_gid=gid
+    )
+    exporter.start()
+    return exporter
+
+
 def block_stop_signals() -> None:
     """Leave SIGTERM and SIGINT pending for :func:`wait_for_stop_signal` (this thread and every
     thread it starts from now on)."""
@@ -148,6 +163,7 @@ def run(config: Config, notifier: Notifier) -> int:
     server.start()
     wait_until_serving(config.socket_path)
     log.info("serving on unix:%s (krbdir %s)", config.socket_path, config.krb_dir)
+    exporter = start_metrics(service, config)
     notifier.ready(f"serving {service.scheduler.lease_count()} lease(s)")
 
     interval = notifier.watchdog_interval() or 10.0
@@ -163,6 +179,8 @@ def run(config: Config, notifier: Notifier) -> int:
     notifier.stopping("stopping")
     started = time.monotonic()
     server.stop(STOP_GRACE)
+    if exporter is not None:
+        exporter.stop()
     service.stop()
     log.info("stopped in %.1f s", time.monotonic() - started)
     return 0

@@ -233,6 +233,32 @@ class RenewalScheduler:
                 if g.failures and g.account is not None
             ]
 
+    def live_counts(self) -> tuple[dict[str, int], dict[str, float]]:
+        """Leases per state (the worst of their targets'), and per account principal the end of
+        the earliest ticket its leases hold: what the metrics endpoint shows at each scrape."""
+        rank = {"active": 0, "failing": 1, "waiting-for-credentials": 2}
+        states: dict[str, str] = {}
+        ends: dict[str, float] = {}
+        with self._lock:
+            for group in self._groups.values():
+                if group.account is None:
+                    state = "waiting-for-credentials"
+                else:
+                    state = "failing" if group.last_error else "active"
+                    if group.targets and group.endtime:
+                        ends[group.account.principal] = min(
+                            group.endtime, ends.get(group.account.principal, group.endtime)
+                        )
+                for lease_id, _ in group.targets:
+                    if rank[state] > rank[states.get(lease_id, "active")]:
+                        states[lease_id] = state
+                    else:
+                        states.setdefault(lease_id, state)
+        counts: dict[str, int] = {}
+        for state in states.values():
+            counts[state] = counts.get(state, 0) + 1
+        return counts, ends
+
     def lease_count(self) -> int:
         with self._lock:
             return len({tk[0] for g in self._groups.values() for tk in g.targets})
@@ -340,6 +366,7 @@ class RenewalScheduler:
                 return None
             account = group.account
             old_end = group.endtime
+        started = time.monotonic()
         try:
             tgt, material = account.acquire_tgt()
         except CredfetcherError as exc:
@@ -378,6 +405,7 @@ class RenewalScheduler:
             self._succeeded(group, tgt.info)
             group.material_id = id(material)
         metrics.inc(metrics.RENEWALS, account.gmsa)
+        metrics.observe(metrics.RENEWAL_SECONDS, time.monotonic() - started)
         log.debug("renewed %s for %d lease(s)", tgt.principal, len(targets))
         return None
 

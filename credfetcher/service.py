@@ -33,6 +33,7 @@ from credfetcher.errors import (
     KerberosError,
     LeaseNotFoundError,
 )
+from credfetcher.exporter import LiveState
 from credfetcher.files import Ownership
 from credfetcher.identity import HostIdentity, UserIdentity
 from credfetcher.keytab import write_keytab
@@ -515,6 +516,11 @@ class LeaseService:
                 LeaseView(record.lease_id, record.domainless_user is not None, state, tuple(tviews))
             )
         return views
+
+    def metrics_state(self) -> LiveState:
+        """Leases by state and each account's earliest ticket end, for the metrics endpoint."""
+        counts, ends = self.scheduler.live_counts()
+        return LiveState(leases_by_state=counts, ticket_ends=ends, now=self.clock())
 
     def health(self) -> tuple[bool, str]:
         """ "OK" only when the renewal loop is alive, the last DC/KDC exchange succeeded and,
