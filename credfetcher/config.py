@@ -22,14 +22,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from credfetcher.directory import Transport
-from credfetcher.discovery import DomainController, parse_dc_list
 from credfetcher.errors import ConfigError
+from credfetcher.names import NAMED_LEASE_ID, DomainController, Transport, parse_dc_list
 
 DEFAULT_CONFIG_FILE = Path("/etc/credfetcher/credfetcher.toml")
 SOCKET_NAME = "credentials_fetcher.sock"
-# Named lease ids (start-up and ARN leases) share the lease-id namespace with random 20-hex ids.
-NAMED_LEASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
 @dataclass(frozen=True)

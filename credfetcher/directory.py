@@ -46,7 +46,6 @@ Timeouts and failover
 from __future__ import annotations
 
 import contextlib
-import enum
 import hashlib
 import logging
 import math
@@ -69,6 +68,7 @@ from ldap3.utils.conv import escape_filter_chars
 from credfetcher import errors, metrics
 from credfetcher.discovery import DomainController, discover_dcs
 from credfetcher.identity import CredentialCache, Identity
+from credfetcher.names import Transport
 
 __all__ = [
     "DirectoryClient",
@@ -108,14 +108,6 @@ _DOWN_FOR = 30.0
 _DISCOVERY_TTL = 300.0
 # Pooled connections idle this long are closed (AD itself drops idle LDAP after 900 s).
 _IDLE_CLOSE = 600.0
-
-
-class Transport(enum.Enum):
-    """How to protect the LDAP connection (see the module docstring)."""
-
-    AUTO = "auto"
-    LDAPS = "ldaps"
-    LDAP_SEAL = "ldap-seal"
 
 
 def base_dn_for_domain(domain: str) -> str:

@@ -14,60 +14,29 @@ DC's host name (its SPN is ``ldap/<fqdn>``): an IP literal only works with a mat
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import random
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import dns.exception
 import dns.name
 import dns.resolver
 
 from credfetcher import errors
+from credfetcher.names import DomainController, parse_dc_entry, parse_dc_list
 
 __all__ = [
     "DomainController",
     "SrvRecord",
     "discover_dcs",
     "order_srv_records",
+    "parse_dc_entry",
     "parse_dc_list",
     "srv_name",
 ]
 
 log = logging.getLogger(__name__)
-
-Scheme = Literal["ldap", "ldaps"]
-
-# RFC 1123 host names (labels of letters, digits, hyphens; underscores tolerated because some
-# sites use them in internal names). Length limits are checked separately.
-_HOST_RE = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
-                      r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$")
-_URL_RE = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>[^/?#]*)/?$")
-_SPLIT_RE = re.compile(r"[\s,;]+")
-
-
-@dataclass(frozen=True)
-class DomainController:
-    """One DC to try; ``port`` and ``scheme`` are None when the transport decides them."""
-
-    host: str
-    port: int | None = None
-    scheme: Scheme | None = None
-
-    @property
-    def label(self) -> str:
-        """The DC as written in messages and metrics (``ldaps://dc1.example.com:636``)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        text = host if self.port is None else f"{host}:{self.port}"
-        return text if self.scheme is None else f"{self.scheme}://{text}"
-
-    def __str__(self) -> str:
-        return self.label
-
-
 @dataclass(frozen=True)
 class SrvRecord:
     """The fields of an SRV record (RFC 2782) that ordering needs; ``target`` has no final dot."""
@@ -77,89 +46,6 @@ class SrvRecord:
     port: int
     target: str
 
-
-def _bad(entry: str, why: str, setting: str) -> errors.ConfigError:
-    return errors.ConfigError(
-        f"invalid domain controller {entry!r} in {setting}: {why}. Use a host name, host:port, "
-        "ldap://host[:port], ldaps://host[:port], or [IPv6]:port.",
-        setting=setting,
-    )
-
-
-def _parse_port(text: str, entry: str, setting: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise _bad(entry, f"port {text!r} is not a number from 1 to 65535", setting)
-    return int(text)
-
-
-def _parse_hostport(text: str, entry: str, setting: str) -> tuple[str, int | None]:
-    if text.startswith("["):
-        close = text.find("]")
-        if close < 0:
-            raise _bad(entry, "unclosed '[' around an IPv6 address", setting)
-        host, rest = text[1:close], text[close + 1 :]
-        try:
-            ipaddress.IPv6Address(host.split("%", 1)[0])
-        except ValueError:
-            raise _bad(entry, f"{host!r} is not an IPv6 address", setting) from None
-        if not rest:
-            return host, None
-        if not rest.startswith(":"):
-            raise _bad(entry, "unexpected text after ']'", setting)
-        return host, _parse_port(rest[1:], entry, setting)
-    if text.count(":") > 1:
-        # A bare IPv6 literal: no port can be attached without brackets (RFC 3986 3.2.2).
-        try:
-            ipaddress.IPv6Address(text.split("%", 1)[0])
-        except ValueError:
-            raise _bad(entry, "an IPv6 address with a port must be written [address]:port",
-                       setting) from None
-        return text, None
-    host, sep, port_text = text.partition(":")
-    port = _parse_port(port_text, entry, setting) if sep else None
-    if not host or len(host) > 253 or not _HOST_RE.match(host):
-        raise _bad(entry, f"{host!r} is not a valid host name", setting)
-    return host.rstrip(".").lower(), port
-
-
-def parse_dc_entry(entry: str, *, setting: str = "domain_controllers") -> DomainController:
-    """Parse one entry of a DC list (see the module docstring for the accepted forms)."""
-    text = entry.strip()
-    scheme: Scheme | None = None
-    match = _URL_RE.match(text)
-    if match:
-        raw_scheme = match.group("scheme").lower()
-        if raw_scheme == "ldap":
-            scheme = "ldap"
-        elif raw_scheme == "ldaps":
-            scheme = "ldaps"
-        else:
-            raise _bad(entry, f"scheme {raw_scheme!r} is not ldap or ldaps", setting)
-        text = match.group("rest")
-    elif "://" in text or "/" in text:
-        raise _bad(entry, "a URL may hold only scheme, host and port", setting)
-    if not text:
-        raise _bad(entry, "no host", setting)
-    host, port = _parse_hostport(text, entry, setting)
-    return DomainController(host=host, port=port, scheme=scheme)
-
-
-def parse_dc_list(
-    text: str, *, setting: str = "domain_controllers"
-) -> tuple[DomainController, ...]:
-    """Parse a list of DCs separated by commas, semicolons or white space, keeping its order.
-
-    Raises :class:`~credfetcher.errors.ConfigError` (naming ``setting``) on a malformed entry.
-    Duplicates are dropped: trying a dead DC twice only doubles the wait.
-    """
-    result: list[DomainController] = []
-    for entry in _SPLIT_RE.split(text.strip()):
-        if not entry:
-            continue
-        dc = parse_dc_entry(entry, setting=setting)
-        if dc not in result:
-            result.append(dc)
-    return tuple(result)
 
 
 def order_srv_records(

@@ -1,23 +1,19 @@
 """The error tree: one root, a few subclasses that mean something to the caller.
 
 Library errors (ldap3, gssapi, krb5, OSError) are translated at the module boundary that meets
-them, with ``raise ... from exc`` so the native error stays reachable as ``__cause__``. Each class
-names the gRPC status it maps to (``grpc_code``); :mod:`credfetcher.server` maps errors to statuses
-in one place by reading that attribute. Context (gMSA, DC, identity, path) travels as attributes so
-messages and structured logs can both use it. No error message ever contains a secret.
+them, with ``raise ... from exc`` so the native error stays reachable as ``__cause__``. Nothing
+here knows about gRPC: :mod:`credfetcher.server` maps each class to a status in one table, so the
+pure modules (the blob decoder, key derivation, credspec parsing) load no RPC library.
+Context (gMSA, DC, identity, path) travels as attributes so messages and structured logs can both
+use it. No error message ever contains a secret.
 """
 
 from __future__ import annotations
-
-from typing import ClassVar
-
-import grpc
 
 
 class CredfetcherError(Exception):
     """Root of every error credfetcher raises on purpose."""
 
-    grpc_code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
 
     def __init__(self, message: str, *, gmsa: str | None = None) -> None:
         super().__init__(message)
@@ -28,7 +24,6 @@ class CredfetcherError(Exception):
 class ConfigError(CredfetcherError):
     """A configuration setting is invalid; ``setting`` names it."""
 
-    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
 
     def __init__(self, message: str, *, setting: str) -> None:
         super().__init__(message)
@@ -38,7 +33,6 @@ class ConfigError(CredfetcherError):
 class InvalidRequestError(CredfetcherError):
     """A request field is malformed or missing (credspec, lease id, user name...)."""
 
-    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
 
 
 class CredspecError(InvalidRequestError):
@@ -52,13 +46,11 @@ class CredspecError(InvalidRequestError):
 class BlobError(CredfetcherError):
     """An msDS-ManagedPassword blob violates MS-ADTS 2.2.19."""
 
-    grpc_code = grpc.StatusCode.DATA_LOSS
 
 
 class KerberosError(CredfetcherError):
     """The KDC refused or could not be asked; ``principal`` is the client, ``code`` krb5's."""
 
-    grpc_code = grpc.StatusCode.UNAVAILABLE
 
     def __init__(
         self,
@@ -76,13 +68,11 @@ class KerberosError(CredfetcherError):
 class KeyRejectedError(KerberosError):
     """The KDC rejected the key we derived: the password changed (rotated early) or is wrong."""
 
-    grpc_code = grpc.StatusCode.UNAUTHENTICATED
 
 
 class DirectoryError(CredfetcherError):
     """An LDAP failure; ``dc`` is the domain controller it happened on, when known."""
 
-    grpc_code = grpc.StatusCode.UNAVAILABLE
 
     def __init__(self, message: str, *, dc: str | None = None, gmsa: str | None = None) -> None:
         super().__init__(message, gmsa=gmsa)
@@ -100,7 +90,6 @@ class DCUnavailableError(DirectoryError):
 class BindError(DirectoryError):
     """The identity could not authenticate to the DC (bad keytab, wrong password, clock skew)."""
 
-    grpc_code = grpc.StatusCode.UNAUTHENTICATED
 
     def __init__(self, message: str, *, identity: str, dc: str | None = None) -> None:
         super().__init__(message, dc=dc)
@@ -110,13 +99,11 @@ class BindError(DirectoryError):
 class GmsaNotFoundError(DirectoryError):
     """No account with that sAMAccountName under the search base."""
 
-    grpc_code = grpc.StatusCode.NOT_FOUND
 
 
 class PasswordAccessDeniedError(DirectoryError):
     """The identity may not read the gMSA's msDS-ManagedPassword."""
 
-    grpc_code = grpc.StatusCode.PERMISSION_DENIED
 
     def __init__(self, message: str, *, identity: str, gmsa: str, dc: str | None = None) -> None:
         super().__init__(message, dc=dc, gmsa=gmsa)
@@ -126,13 +113,11 @@ class PasswordAccessDeniedError(DirectoryError):
 class LeaseNotFoundError(CredfetcherError):
     """No lease with that id."""
 
-    grpc_code = grpc.StatusCode.NOT_FOUND
 
 
 class StorageError(CredfetcherError):
     """Writing or removing a file under krbdir failed; ``path`` names it."""
 
-    grpc_code = grpc.StatusCode.INTERNAL
 
     def __init__(self, message: str, *, path: str) -> None:
         super().__init__(message)
@@ -142,13 +127,11 @@ class StorageError(CredfetcherError):
 class UnsupportedError(CredfetcherError):
     """A feature needs an optional extra that is not installed."""
 
-    grpc_code = grpc.StatusCode.UNIMPLEMENTED
 
 
 class AwsError(CredfetcherError):
     """An AWS call failed (endpoint unreachable, throttled, 5xx); ``resource`` names the target."""
 
-    grpc_code = grpc.StatusCode.UNAVAILABLE
 
     def __init__(self, message: str, *, resource: str | None = None) -> None:
         super().__init__(message)
@@ -158,22 +141,18 @@ class AwsError(CredfetcherError):
 class AwsAccessDeniedError(AwsError):
     """AWS refused: no permission, or the S3 bucket is not owned by the caller's account."""
 
-    grpc_code = grpc.StatusCode.PERMISSION_DENIED
 
 
 class AwsNotFoundError(AwsError):
     """The S3 object or the Secrets Manager secret does not exist."""
 
-    grpc_code = grpc.StatusCode.NOT_FOUND
 
 
 class AwsCredentialsError(AwsError):
     """The AWS credentials are missing, invalid or expired."""
 
-    grpc_code = grpc.StatusCode.UNAUTHENTICATED
 
 
 class AwsSecretError(AwsError):
     """A secret exists but holds no usable identity (keys username, password, domainName)."""
 
-    grpc_code = grpc.StatusCode.FAILED_PRECONDITION

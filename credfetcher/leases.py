@@ -27,10 +27,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from credfetcher.config import NAMED_LEASE_ID
 from credfetcher.credspec import validate_gmsa_name
 from credfetcher.errors import InvalidRequestError, LeaseNotFoundError, StorageError
 from credfetcher.files import TEMP_PREFIX, Ownership, atomic_write_bytes, remove_tree_inside
+from credfetcher.names import NAMED_LEASE_ID
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,9 @@
 """The gRPC face of the lease service: credentials-fetcher's API on a Unix socket.
 
 Each RPC validates its message, calls :class:`credfetcher.service.LeaseService`, and maps
-credfetcher's errors to gRPC status codes in one place (:func:`status_for`): the code comes from
-the error class (``grpc_code``), the message names the gMSA concerned. An unexpected exception is
+credfetcher's errors to gRPC status codes in one place (:data:`STATUS_CODES`, :func:`status_for`):
+the code comes from the nearest class of the error listed there, the message names the gMSA
+concerned. An unexpected exception is
 logged with its traceback and answered INTERNAL without internals.
 
 The server is grpc.aio on an event loop of its own thread: HealthCheck is answered on the loop
@@ -28,6 +29,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from credfetcher import errors
 from credfetcher._proto import credentialsfetcher_pb2 as pb
 from credfetcher._proto import credentialsfetcher_pb2_grpc as pb_grpc
 from credfetcher.aws import AwsCredentials
@@ -45,12 +47,44 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 T = TypeVar("T")
 
 
+# Each error class's status; a class not listed takes its nearest listed base's.
+STATUS_CODES: dict[type[CredfetcherError], grpc.StatusCode] = {
+    errors.CredfetcherError: grpc.StatusCode.INTERNAL,
+    errors.ConfigError: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.InvalidRequestError: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.BlobError: grpc.StatusCode.DATA_LOSS,
+    errors.KerberosError: grpc.StatusCode.UNAVAILABLE,
+    errors.KeyRejectedError: grpc.StatusCode.UNAUTHENTICATED,
+    errors.DirectoryError: grpc.StatusCode.UNAVAILABLE,
+    errors.BindError: grpc.StatusCode.UNAUTHENTICATED,
+    errors.GmsaNotFoundError: grpc.StatusCode.NOT_FOUND,
+    errors.PasswordAccessDeniedError: grpc.StatusCode.PERMISSION_DENIED,
+    errors.LeaseNotFoundError: grpc.StatusCode.NOT_FOUND,
+    errors.StorageError: grpc.StatusCode.INTERNAL,
+    errors.UnsupportedError: grpc.StatusCode.UNIMPLEMENTED,
+    errors.AwsError: grpc.StatusCode.UNAVAILABLE,
+    errors.AwsAccessDeniedError: grpc.StatusCode.PERMISSION_DENIED,
+    errors.AwsNotFoundError: grpc.StatusCode.NOT_FOUND,
+    errors.AwsCredentialsError: grpc.StatusCode.UNAUTHENTICATED,
+    errors.AwsSecretError: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def status_code(exc: CredfetcherError) -> grpc.StatusCode:
+    """The gRPC status of one of our errors: its class's, or its nearest listed base's."""
+    for cls in type(exc).__mro__:
+        code = STATUS_CODES.get(cls)
+        if code is not None:
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
 def status_for(exc: CredfetcherError) -> tuple[grpc.StatusCode, str]:
     """The gRPC status and message for one of our errors."""
     message = exc.message
     if exc.gmsa and exc.gmsa.lower() not in message.lower():
         message = f"gMSA {exc.gmsa}: {message}"
-    return exc.grpc_code, message
+    return status_code(exc), message
 
 
 async def _call(

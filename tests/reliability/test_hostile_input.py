@@ -28,6 +28,7 @@ from credfetcher.blob import parse_managed_password
 from credfetcher.errors import BlobError
 from credfetcher.keys import derive_keys
 from credfetcher.keytab import keys_for_keytab
+from credfetcher.server import status_code
 from tests.conftest import REPO, TestDC
 from tests.integration.daemon import Daemon, running_daemon
 from tests.reliability.helpers import fd_count
@@ -430,7 +431,7 @@ def test_blob_decoder(blob: bytes) -> None:
         error = exc
     if error is not None:
         assert error.message.startswith("managed password blob")
-        assert error.grpc_code == grpc.StatusCode.DATA_LOSS
+        assert status_code(error) == grpc.StatusCode.DATA_LOSS
         return
     assert len(mp.current) % 2 == 0
     assert mp.current

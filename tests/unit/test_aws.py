@@ -21,6 +21,7 @@ from credfetcher.errors import (
     UnsupportedError,
 )
 from credfetcher.leases import GmsaEntry, LeaseRecord, decode_metadata, encode_metadata
+from credfetcher.server import status_code
 
 SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:gmsa-user-AbCdEf"
 
@@ -87,7 +88,7 @@ def test_parse_invalid_arns(text: str, why: str) -> None:
     with pytest.raises(InvalidRequestError) as info:
         aws.parse_credspec_arn(text)
     assert why in info.value.message
-    assert info.value.grpc_code == grpc.StatusCode.INVALID_ARGUMENT
+    assert status_code(info.value) == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_identity_secret_shapes() -> None:
@@ -121,7 +122,7 @@ def test_identity_secret_errors(text: str, why: str) -> None:
         aws.parse_identity_secret(SECRET_ARN, text)
     assert why in info.value.message
     assert SECRET_ARN in info.value.message
-    assert info.value.grpc_code == grpc.StatusCode.FAILED_PRECONDITION
+    assert status_code(info.value) == grpc.StatusCode.FAILED_PRECONDITION
 
 
 def test_request_credentials_checked_and_hidden() -> None:
@@ -168,7 +169,7 @@ def test_botocore_errors_translated(exc: Exception, cls: type[AwsError],
     with pytest.raises(cls) as info:
         aws._call("S3 GetObject", "s3://credspecs/k", boom)
     assert type(info.value) is cls
-    assert info.value.grpc_code == status
+    assert status_code(info.value) == status
     assert "s3://credspecs/k" in info.value.message
     assert info.value.__cause__ is exc
 
@@ -181,7 +182,7 @@ def test_missing_extra_is_unimplemented(monkeypatch: pytest.MonkeyPatch) -> None
     with pytest.raises(UnsupportedError) as info:
         aws.caller_account(creds, None)
     assert "credfetcher[aws]" in info.value.message
-    assert info.value.grpc_code == grpc.StatusCode.UNIMPLEMENTED
+    assert status_code(info.value) == grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_metadata_keeps_the_callers_directory(tmp_path: Path) -> None:
