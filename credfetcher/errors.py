@@ -90,7 +90,6 @@ class DCUnavailableError(DirectoryError):
 class BindError(DirectoryError):
     """The identity could not authenticate to the DC (bad keytab, wrong password, clock skew)."""
 
-
     def __init__(self, message: str, *, identity: str, dc: str | None = None) -> None:
         super().__init__(message, dc=dc)
         self.identity = identity

@@ -32,7 +32,7 @@ import gssapi.raw
 import krb5
 from gssapi.raw.misc import GSSError
 
-from credfetcher import errors, metrics
+from credfetcher import errors, krbcodes, metrics
 
 __all__ = [
     "DEFAULT_KEYTAB",
@@ -164,43 +164,8 @@ class UserIdentity:
 
 Identity = HostIdentity | UserIdentity
 
-# krb5 error codes (com_err table "krb5", MIT krb5/krb5.h); GSSAPI reports them as minor codes.
-_KRB5KDC_ERR_C_PRINCIPAL_UNKNOWN = -1765328378
-_KRB5KDC_ERR_CLIENT_REVOKED = -1765328366
-_KRB5KDC_ERR_KEY_EXPIRED = -1765328361
-_KRB5KDC_ERR_PREAUTH_FAILED = -1765328360
-_KRB5KRB_AP_ERR_BAD_INTEGRITY = -1765328353
-_KRB5KRB_AP_ERR_SKEW = -1765328347
-_KRB5_REALM_UNKNOWN = -1765328230
-_KRB5_KDC_UNREACH = -1765328228
-_KRB5_KT_NOTFOUND = -1765328203
-_KRB5_FCC_NOFILE = -1765328189
-_KRB5_KT_KVNONOTFOUND = -1765328202
-
-_IDENTITY_ERRORS = {
-    _KRB5KDC_ERR_C_PRINCIPAL_UNKNOWN: "the KDC does not know this principal",
-    _KRB5KDC_ERR_CLIENT_REVOKED: "the account is disabled, locked out or expired",
-    _KRB5KDC_ERR_KEY_EXPIRED: "the password has expired",
-    _KRB5KDC_ERR_PREAUTH_FAILED: "wrong password or stale keytab (pre-authentication failed)",
-    _KRB5KRB_AP_ERR_BAD_INTEGRITY: "wrong password or stale keytab (integrity check failed)",
-    _KRB5KRB_AP_ERR_SKEW: "the clocks of this host and the KDC differ too much",
-    _KRB5_KT_NOTFOUND: "the keytab holds no key for this principal",
-    _KRB5_KT_KVNONOTFOUND: "the keytab holds no key of the right version for this principal",
-    # MIT reports a keytab it could not use (no entry for the principal) as "no ccache found".
-    _KRB5_FCC_NOFILE: "the keytab holds no usable key for this principal",
-}
-_KDC_ERRORS = {
-    _KRB5_KDC_UNREACH: "no KDC for the realm answered",
-    _KRB5_REALM_UNKNOWN: "no KDC is configured or discoverable for the realm",
-}
-
 # Re-acquire this long before the TGT expires, so a bind never starts on a ticket about to die.
 REFRESH_MARGIN = 300.0
-
-
-def _signed(code: int) -> int:
-    """GSSAPI minor codes come back unsigned; krb5's table is signed 32-bit."""
-    return code - (1 << 32) if code >= (1 << 31) else code
 
 
 @dataclass
@@ -301,16 +266,16 @@ def _destroy_ccache(name: str) -> None:
 
 
 def _translate(identity: Identity, exc: GSSError) -> errors.CredfetcherError:
-    code = _signed(int(exc.min_code or 0))
+    code = krbcodes.signed(int(exc.min_code or 0))
     where = f"keytab {identity.keytab}" if isinstance(identity, HostIdentity) else "its password"
-    if code in _KDC_ERRORS:
+    if code in krbcodes.NO_KDC:
         return errors.KerberosError(
-            f"cannot authenticate as {identity.label}: {_KDC_ERRORS[code]} (check the KDCs "
+            f"cannot authenticate as {identity.label}: {krbcodes.explain(code)} (check the KDCs "
             f"in krb5.conf or DNS for realm {identity.principal.rpartition('@')[2]})",
             principal=identity.label,
             code=code,
         )
-    reason = _IDENTITY_ERRORS.get(code) or _gss_text(exc)
+    reason = krbcodes.explain(code) or _gss_text(exc)
     return errors.BindError(
         f"cannot authenticate as {identity.label} with {where}: {reason}",
         identity=identity.label,

@@ -34,6 +34,7 @@ from credfetcher.errors import CredfetcherError, KerberosError, StorageError
 from credfetcher.files import Ownership
 from credfetcher.keys import KerberosKey
 from credfetcher.keytab import write_keytab
+from credfetcher.krbcodes import is_dc_outage
 
 log = logging.getLogger(__name__)
 
@@ -382,7 +383,8 @@ class RenewalScheduler:
                 exc.message,
                 extra={"GMSA": account.gmsa},
             )
-            self.last_dc_error = exc.message
+            if is_dc_outage(exc):
+                self.last_dc_error = exc.message
             return exc
         self.last_dc_success = time.monotonic()
         self.last_dc_error = ""

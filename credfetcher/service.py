@@ -28,15 +28,14 @@ from credfetcher.credspec import Credspec, parse_credspec
 from credfetcher.directory import DirectoryClient, DirectoryConfig
 from credfetcher.errors import (
     CredfetcherError,
-    DCUnavailableError,
     InvalidRequestError,
-    KerberosError,
     LeaseNotFoundError,
 )
 from credfetcher.exporter import LiveState
 from credfetcher.files import Ownership
 from credfetcher.identity import HostIdentity, UserIdentity
 from credfetcher.keytab import write_keytab
+from credfetcher.krbcodes import is_dc_outage
 from credfetcher.leases import (
     CCACHE_NAME,
     KEYTAB_NAME,
@@ -63,19 +62,6 @@ ARN_LEASE_USER = "aws-secrets-manager"
 # CF_AWS_SM_SECRET_NAME: re-read the secret every CF_AWS_SM_REFRESH seconds, and sooner (at
 # most every SECRET_RETRY seconds) while a lease made with it fails to renew or a bind is refused.
 SECRET_RETRY = 30.0
-
-
-# libkrb5's KRB5_KDC_UNREACH (krb5_err.h): no KDC of a configured realm answered.
-_KDC_UNREACH = -1765328228
-
-
-def _is_dc_outage(exc: CredfetcherError) -> bool:
-    """A DC or KDC that did not answer: what HealthCheck reports. A realm this host has no KDC
-    for, an unknown or disabled account, a wrong password: the caller's problem, not an outage
-    (any caller could otherwise make the host report its DC unreachable)."""
-    if isinstance(exc, DCUnavailableError):
-        return True
-    return isinstance(exc, KerberosError) and exc.code == _KDC_UNREACH
 
 
 def _entry(spec: Credspec, material: KeyMaterial, *, directory: str | None = None) -> GmsaEntry:
@@ -377,7 +363,7 @@ class LeaseService:
         except CredfetcherError as exc:
             if exc.gmsa is None:
                 exc.gmsa = spec.gmsa_name
-            if _is_dc_outage(exc):
+            if is_dc_outage(exc):
                 self.scheduler.last_dc_error = exc.message
             raise
         self.scheduler.last_dc_success = time.monotonic()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import krb5
 
-from credfetcher import metrics
+from credfetcher import krbcodes, metrics
 from credfetcher.errors import KerberosError, KeyRejectedError, StorageError, UnsupportedError
 from credfetcher.files import Ownership, atomic_target
 from credfetcher.keys import KerberosKey
@@ -37,35 +37,6 @@ __all__ = [
     "renew_tgt",
     "store_tgt",
 ]
-
-# MIT com_err codes (krb5_err.h): the protocol's KDC error n is _KRB5_BASE + n (RFC 4120 §7.5.9).
-_KRB5_BASE = -1765328384
-_C_PRINCIPAL_UNKNOWN = _KRB5_BASE + 6
-_ETYPE_NOSUPP = _KRB5_BASE + 14
-_CLIENT_REVOKED = _KRB5_BASE + 18
-_KEY_EXPIRED = _KRB5_BASE + 23
-_KDC_PREAUTH_FAILED = _KRB5_BASE + 24
-_BAD_INTEGRITY = _KRB5_BASE + 31
-_CLOCK_SKEW = _KRB5_BASE + 37
-_MODIFIED = _KRB5_BASE + 41
-_REALM_UNKNOWN = _KRB5_BASE + 154
-_KDC_UNREACH = _KRB5_BASE + 156
-_GENERIC_PREAUTH_FAILED = _KRB5_BASE + 210
-_REALM_CANT_RESOLVE = _KRB5_BASE + 220
-
-# The KDC refused our key or password: preauthentication (encrypted timestamp) failed at the KDC,
-# or the AS-REP did not decrypt with our key on our side.
-_KEY_REJECTED = frozenset({_KDC_PREAUTH_FAILED, _GENERIC_PREAUTH_FAILED, _BAD_INTEGRITY, _MODIFIED})
-_CLIENT_PROBLEMS = {
-    _C_PRINCIPAL_UNKNOWN: "is unknown to the KDC (no such account in the realm)",
-    _CLIENT_REVOKED: "has revoked credentials (account disabled, locked out or expired; "
-    "gMSAs created by samba-tool start disabled)",
-    _KEY_EXPIRED: "has an expired password",
-    _ETYPE_NOSUPP: "has no key of an encryption type both sides support",
-    _CLOCK_SKEW: "cannot authenticate: the clock differs too much from the KDC's",
-}
-_UNREACHABLE = frozenset({_KDC_UNREACH, _REALM_UNKNOWN, _REALM_CANT_RESOLVE})
-
 
 @dataclass(frozen=True)
 class TicketInfo:
@@ -135,23 +106,16 @@ def _tgt(ctx: krb5.Context, creds: krb5.Creds) -> Tgt:
 def _kerberos_error(exc: krb5.Krb5Error, principal: str, action: str) -> KerberosError:
     """Translate a krb5 error into the project's error tree (messages never carry secrets)."""
     code = exc.err_code
-    if code in _KEY_REJECTED:
+    reason = krbcodes.explain(code)
+    if krbcodes.is_key_rejected(code):
         return KeyRejectedError(
             f"{action} for {principal}: the KDC rejected the key ({exc})",
             principal=principal,
             code=code,
         )
-    if code in _CLIENT_PROBLEMS:
+    if reason is not None:
         return KerberosError(
-            f"{action} for {principal}: {principal} {_CLIENT_PROBLEMS[code]} ({exc})",
-            principal=principal,
-            code=code,
-        )
-    if code in _UNREACHABLE:
-        return KerberosError(
-            f"{action} for {principal}: no KDC reachable for the realm ({exc})",
-            principal=principal,
-            code=code,
+            f"{action} for {principal}: {reason} ({exc})", principal=principal, code=code
         )
     return KerberosError(f"{action} for {principal}: {exc}", principal=principal, code=code)
 

@@ -52,7 +52,7 @@ def test_needs_exactly_one_secret() -> None:
 def test_unreachable_kdc(realm: str) -> None:
     principal = f"webapp01$@{realm}"
     before = metrics.get(metrics.AS_EXCHANGES, principal)
-    with pytest.raises(KerberosError, match="no KDC reachable") as info:
+    with pytest.raises(KerberosError, match="no KDC") as info:
         acquire_tgt(principal, password=b"secret-password")
     assert not isinstance(info.value, KeyRejectedError)
     assert info.value.principal == principal
@@ -65,7 +65,7 @@ def test_unreachable_kdc(realm: str) -> None:
 @pytest.mark.usefixtures("no_kdc")
 def test_unreachable_kdc_from_keys() -> None:
     keys = [KerberosKey(enctype=18, kvno=1, contents=b"\x01" * 32)]
-    with pytest.raises(KerberosError, match="no KDC reachable"):
+    with pytest.raises(KerberosError, match="no KDC"):
         acquire_tgt("webapp01$@NOWHERE.TEST", keys=keys)
 
 
