@@ -23,7 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from credfetcher.errors import ConfigError
-from credfetcher.names import NAMED_LEASE_ID, DomainController, Transport, parse_dc_list
+from credfetcher.names import (
+    NAMED_LEASE_ID,
+    DomainController,
+    Transport,
+    machine_principal,
+    parse_dc_list,
+)
 
 DEFAULT_CONFIG_FILE = Path("/etc/credfetcher/credfetcher.toml")
 SOCKET_NAME = "credentials_fetcher.sock"
@@ -80,11 +86,7 @@ class Config:
 
     def machine_principal_for(self, realm: str) -> str:
         """``NAME$@REALM`` for the host: configured, or the short host name (AD's 15-char rule)."""
-        principal = self.machine_principal
-        if principal is None:
-            short = socket.gethostname().split(".")[0].upper()[:15]
-            principal = f"{short}$"
-        return principal if "@" in principal else f"{principal}@{realm.upper()}"
+        return machine_principal(self.machine_principal, realm, socket.gethostname())
 
 
 def _path(value: str) -> Path:

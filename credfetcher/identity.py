@@ -33,6 +33,7 @@ import krb5
 from gssapi.raw.misc import GSSError
 
 from credfetcher import errors, krbcodes, metrics
+from credfetcher.names import default_machine_principal
 
 __all__ = [
     "DEFAULT_KEYTAB",
@@ -47,29 +48,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_KEYTAB = Path("/etc/krb5.keytab")
 
-# NetBIOS computer names are at most 15 characters (MS-NBTE / MS-ADTS 3.1.1.5.2.8, the
-# sAMAccountName of a computer is that name plus "$").
-_NETBIOS_MAX = 15
-
 # A fresh random key per process: the pooling key must change when a password changes, but a
 # plain SHA-256 of a password lying in memory would be an offline-guessing target.
 _KEY_SECRET = secrets.token_bytes(32)
-
-
-def default_machine_principal(hostname: str, realm: str) -> str:
-    """The machine account principal AD gives a joined host: ``SHORTNAME$@REALM``.
-
-    The short name is the first label of ``hostname``, upper-cased and cut to 15 characters, as
-    the join tools do for the computer's sAMAccountName.
-    """
-    short = hostname.strip().split(".", 1)[0].upper()[:_NETBIOS_MAX]
-    if not short:
-        raise errors.ConfigError("cannot derive the machine principal from an empty host name",
-                                 setting="principal")
-    if not realm.strip():
-        raise errors.ConfigError("cannot derive the machine principal without a realm",
-                                 setting="domain")
-    return f"{short}$@{realm.strip().upper()}"
 
 
 @dataclass(frozen=True)

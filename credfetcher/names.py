@@ -25,13 +25,21 @@ __all__ = [
     "DomainController",
     "Scheme",
     "Transport",
+    "default_machine_principal",
+    "machine_principal",
     "parse_dc_entry",
     "parse_dc_list",
+    "principal_realm",
 ]
 
 # A lease id chosen by the operator or the caller (CF_CRED_SPEC_FILE's, an ARN's #fragment):
 # letters, digits, '-' and '_'; never '.', so never '..' or a metadata file name.
 NAMED_LEASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+# NetBIOS computer names are at most 15 characters (MS-NBTE / MS-ADTS 3.1.1.5.2.8, the
+# sAMAccountName of a computer is that name plus "$").
+NETBIOS_MAX = 15
 
 
 class Transport(enum.Enum):
@@ -154,3 +162,34 @@ def parse_dc_list(
         if dc not in result:
             result.append(dc)
     return tuple(result)
+
+
+def default_machine_principal(hostname: str, realm: str) -> str:
+    """The machine account principal AD gives a joined host: ``SHORTNAME$@REALM``.
+
+    The short name is the first label of ``hostname``, upper-cased and cut to 15 characters, as
+    the join tools do for the computer's sAMAccountName.
+    """
+    short = hostname.strip().split(".", 1)[0].upper()[:NETBIOS_MAX]
+    if not short:
+        raise errors.ConfigError("cannot derive the machine principal from an empty host name",
+                                 setting="principal")
+    if not realm.strip():
+        raise errors.ConfigError("cannot derive the machine principal without a realm",
+                                 setting="domain")
+    return f"{short}$@{realm.strip().upper()}"
+
+
+def machine_principal(configured: str | None, realm: str, hostname: str) -> str:
+    """The host's principal for ``realm``: ``configured`` (``NAME$`` gets ``@REALM``), else
+    :func:`default_machine_principal` of ``hostname``."""
+    if configured is None:
+        return default_machine_principal(hostname, realm)
+    return configured if "@" in configured else f"{configured}@{realm.strip().upper()}"
+
+
+def principal_realm(principal: str | None) -> str | None:
+    """The realm of ``NAME@REALM``, or None when ``principal`` names none (``linuxhost01$``)."""
+    if principal is None or "@" not in principal:
+        return None
+    return principal.rpartition("@")[2] or None

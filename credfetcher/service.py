@@ -45,6 +45,7 @@ from credfetcher.leases import (
     new_lease_id,
     validate_lease_id,
 )
+from credfetcher.names import principal_realm
 from credfetcher.renewal import RenewalScheduler, Target
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -240,7 +241,8 @@ class LeaseService:
         a failure is only logged; the first request tries again and reports it.
         """
         try:
-            realm = (self.config.machine_principal or "").rpartition("@")[2]
+            # CF_MACHINE_PRINCIPAL may name no realm (``linuxhost01$``): krb5.conf's then.
+            realm = principal_realm(self.config.machine_principal)
             if not realm:
                 realm = krb5.get_default_realm(krb5.init_context()).decode()
             domain = realm.lower()

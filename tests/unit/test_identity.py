@@ -13,6 +13,7 @@ from credfetcher.identity import (
     UserIdentity,
     default_machine_principal,
 )
+from credfetcher.names import machine_principal, principal_realm
 
 
 @pytest.mark.parametrize(
@@ -88,3 +89,25 @@ def test_missing_keytab_is_a_bind_error(tmp_path: Path) -> None:
         CredentialCache().acquire(host)
     assert info.value.identity == "WEB01$@EXAMPLE.COM"
     assert "nope.keytab" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("configured", "realm"),
+    [
+        ("linuxhost01$@CORP.EXAMPLE.COM", "CORP.EXAMPLE.COM"),
+        ("linuxhost01$", None),  # no realm: krb5.conf's default realm is used for the warm-up
+        (None, None),
+        ("x@", None),
+    ],
+)
+def test_principal_realm(configured: str | None, realm: str | None) -> None:
+    assert principal_realm(configured) == realm
+
+
+def test_one_machine_principal_rule_for_config_and_identity() -> None:
+    assert machine_principal("linuxhost01$", "corp.example.com", "ignored") == (
+        "linuxhost01$@CORP.EXAMPLE.COM"
+    )
+    assert machine_principal(None, "corp.example.com", "web01.corp.example.com") == (
+        default_machine_principal("web01.corp.example.com", "corp.example.com")
+    )
