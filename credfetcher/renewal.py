@@ -120,13 +120,16 @@ class RenewalScheduler:
         self.on_orphan = on_orphan
         self._groups: dict[Hashable, GroupState] = {}
         self._ticket_times: dict[tuple[str, str], tickets.TicketInfo] = {}
+        # Indexes, so that a delete, a status or a count costs the same at 20 leases or 20,000:
+        # which group each target is in, and which gMSAs each lease has.
+        self._where: dict[tuple[str, str], Hashable] = {}
+        self._by_lease: dict[str, set[str]] = {}
         self._lock = threading.RLock()
         self._lease_locks: dict[str, threading.Lock] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.heartbeat = 0.0
-        self.last_dc_success = 0.0
         # Message of the last DC/KDC failure; "" once a later call succeeded.
         self.last_dc_error = ""
 
@@ -145,7 +148,10 @@ class RenewalScheduler:
         info: tickets.TicketInfo | None,
     ) -> None:
         """Track ``target`` under the account ``key``; ``info`` is the ticket just written."""
+        tk = (target.lease_id, target.gmsa)
         with self._lock:
+            if self._where.get(tk, key) != key:
+                self._detach(tk)
             group = self._groups.get(key)
             if group is None:
                 group = GroupState(account=account, registered_at=self.clock())
@@ -153,7 +159,9 @@ class RenewalScheduler:
             elif account is not None:
                 group.account = account
             joined = bool(group.targets)
-            group.targets[(target.lease_id, target.gmsa)] = target
+            group.targets[tk] = target
+            self._where[tk] = key
+            self._by_lease.setdefault(target.lease_id, set()).add(target.gmsa)
             if info is not None:
                 self._ticket_times[(target.lease_id, target.gmsa)] = info
             if info is None:
@@ -166,20 +174,25 @@ class RenewalScheduler:
                 self._succeeded(group, info)
         self._wake.set()
 
-    def set_account(self, key: Hashable, account: Account) -> None:
-        with self._lock:
-            if key in self._groups:
-                self._groups[key].account = account
+    def _detach(self, tk: tuple[str, str]) -> None:
+        """Forget one target wherever it is (the caller holds the lock)."""
+        key = self._where.pop(tk, None)
+        group = self._groups.get(key) if key is not None else None
+        if group is not None:
+            group.targets.pop(tk, None)
+            if not group.targets:
+                del self._groups[key]
+        self._ticket_times.pop(tk, None)
+        gmsas = self._by_lease.get(tk[0])
+        if gmsas is not None:
+            gmsas.discard(tk[1])
+            if not gmsas:
+                del self._by_lease[tk[0]]
 
     def unregister_lease(self, lease_id: str) -> None:
         with self._lock:
-            for key in list(self._groups):
-                group = self._groups[key]
-                for tk in [tk for tk in group.targets if tk[0] == lease_id]:
-                    del group.targets[tk]
-                    self._ticket_times.pop(tk, None)
-                if not group.targets:
-                    del self._groups[key]
+            for gmsa in list(self._by_lease.get(lease_id, ())):
+                self._detach((lease_id, gmsa))
             self._lease_locks.pop(lease_id, None)
 
     def move_target(
@@ -197,33 +210,27 @@ class RenewalScheduler:
         ``info`` is the still-valid ticket the target's file holds: joining with it, the target
         is not due, and the background loop does not race the caller's own renewal.
         """
-        tk = (target.lease_id, target.gmsa)
         with self._lock:
-            for key in list(self._groups):
-                group = self._groups[key]
-                if group.targets.pop(tk, None) is not None:
-                    if not group.targets:
-                        del self._groups[key]
-                    break
-            self._ticket_times.pop(tk, None)
+            self._detach((target.lease_id, target.gmsa))
             self.register(new_key, account, target, info)
 
     # -- status ----------------------------------------------------------------------------
 
     def status(self, lease_id: str, gmsa: str) -> TargetStatus | None:
         with self._lock:
-            for group in self._groups.values():
-                if (lease_id, gmsa) in group.targets:
-                    # The ticket this target's file holds; the group's earliest one otherwise.
-                    own = self._ticket_times.get((lease_id, gmsa))
-                    return TargetStatus(
-                        endtime=float(own.endtime) if own else group.endtime,
-                        renew_till=float(own.renew_till) if own else group.renew_till,
-                        next_attempt=group.next_attempt,
-                        last_error=group.last_error,
-                        waiting_for_credentials=group.account is None,
-                    )
-        return None
+            key = self._where.get((lease_id, gmsa))
+            group = self._groups.get(key) if key is not None else None
+            if group is None:
+                return None
+            # The ticket this target's file holds; the group's earliest one otherwise.
+            own = self._ticket_times.get((lease_id, gmsa))
+            return TargetStatus(
+                endtime=float(own.endtime) if own else group.endtime,
+                renew_till=float(own.renew_till) if own else group.renew_till,
+                next_attempt=group.next_attempt,
+                last_error=group.last_error,
+                waiting_for_credentials=group.account is None,
+            )
 
     def failing_groups(self) -> list[tuple[str, str]]:
         """(principal or key, last error) of every group whose last attempt failed."""
@@ -262,7 +269,7 @@ class RenewalScheduler:
 
     def lease_count(self) -> int:
         with self._lock:
-            return len({tk[0] for g in self._groups.values() for tk in g.targets})
+            return len(self._by_lease)
 
     def alive(self, max_age: float) -> bool:
         """The loop thread runs and has completed a pass within ``max_age`` seconds."""
@@ -386,7 +393,6 @@ class RenewalScheduler:
             if is_dc_outage(exc):
                 self.last_dc_error = exc.message
             return exc
-        self.last_dc_success = time.monotonic()
         self.last_dc_error = ""
         if tgt.info.endtime <= old_end and not asked:
             # The KDC gave us nothing new (e.g. the account's max ticket life was reached):
@@ -474,9 +480,6 @@ class RenewalScheduler:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
-
-    def wake(self) -> None:
-        self._wake.set()
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -368,7 +368,6 @@ class LeaseService:
             if is_dc_outage(exc):
                 self.scheduler.last_dc_error = exc.message
             raise
-        self.scheduler.last_dc_success = time.monotonic()
         self.scheduler.last_dc_error = ""
         return account, tgt, material
 

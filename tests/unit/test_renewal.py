@@ -619,3 +619,42 @@ def test_status_shows_each_lease_s_own_ticket(
     sched.run_due()
     statuses = [sched.status(lease, "shared") for lease in ("old", "new")]
     assert {s.endtime for s in statuses if s is not None} == {int(clock()) + LIFE}
+
+
+# -- indexes -------------------------------------------------------------------------------------
+
+
+def test_registrations_moves_and_deletes_keep_every_view_consistent(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Delete, status and the lease count go through indexes: whatever order leases come, move
+    and go in, they agree with the groups themselves, and nothing is left behind."""
+    sched = make_scheduler(clock)
+    accounts = [FakeAccount(f"gmsa{i}", clock) for i in range(3)]
+    for n in range(30):
+        for account in accounts[: 1 + n % 3]:  # leases of one, two and three gMSAs
+            register(sched, account, target(tmp_path, f"lease{n:02}", account.gmsa))
+    assert sched.lease_count() == 30
+    # A gMSA's target moves to another account (new credentials) and keeps its status.
+    moved = target(tmp_path, "lease05", "gmsa0")
+    other = FakeAccount("gmsa0", clock)
+    sched.move_target("other-key", other, moved, other.ticket().info)
+    assert sched.status("lease05", "gmsa0") is not None
+    # Registering a target again under another key moves it too: it is never in two groups.
+    sched.register("third-key", other, moved, None)
+    assert sum(("lease05", "gmsa0") in g.targets for g in sched._groups.values()) == 1
+
+    for n in range(0, 30, 2):
+        sched.unregister_lease(f"lease{n:02}")
+    sched.unregister_lease("lease99")  # unknown: nothing happens
+    assert sched.lease_count() == 15
+    for n in range(30):
+        expected = n % 2 == 1
+        for account in accounts[: 1 + n % 3]:
+            assert (sched.status(f"lease{n:02}", account.gmsa) is not None) is expected
+    for n in range(1, 30, 2):
+        sched.unregister_lease(f"lease{n:02}")
+    assert sched.lease_count() == 0
+    assert sched._groups == {}
+    assert sched._where == {}
+    assert sched._ticket_times == {}
