@@ -458,9 +458,23 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     ]
 
 
+def _all_leases(ctx: _Context, *, gmsa: str = "", state: str = "") -> list[pb.LeaseInfo]:
+    """Every lease the daemon lists, following ListLeases' pages to the last one."""
+    leases: list[pb.LeaseInfo] = []
+    token = ""
+    while True:
+        response = ctx.call(
+            ctx.stub().ListLeases,
+            pb.ListLeasesRequest(page_token=token, gmsa=gmsa, state=state),
+        )
+        leases.extend(response.leases)
+        token = response.next_page_token
+        if not token:
+            return leases
+
+
 def _cmd_list(ctx: _Context) -> int:
-    response = ctx.call(ctx.stub().ListLeases, pb.ListLeasesRequest())
-    leases = list(response.leases)
+    leases = _all_leases(ctx, gmsa=ctx.args.gmsa or "", state=ctx.args.state or "")
     rows: list[list[str]] = []
     for lease in leases:
         state = (lease.state or "-") + (" (domainless)" if lease.domainless else "")
@@ -507,8 +521,7 @@ def _cmd_mount_args(ctx: _Context) -> int:
     target = posixpath.normpath(args.target)
     if not posixpath.isabs(target):
         raise _Failure(f"--target {args.target!r} must be an absolute path inside the container")
-    response = ctx.call(ctx.stub().ListLeases, pb.ListLeasesRequest())
-    lease = next((le for le in response.leases if le.lease_id == args.lease_id), None)
+    lease = next((le for le in _all_leases(ctx) if le.lease_id == args.lease_id), None)
     if lease is None:
         raise _Failure(f"no lease {args.lease_id} on the daemon ('credfetcher list' shows them)")
     tickets = list(lease.tickets)
@@ -787,14 +800,27 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         examples=["credfetcher delete 0123456789abcdef0123"],
     )
     delete.add_argument("lease_id", metavar="LEASE_ID", help="the id 'add' printed")
-    _subparser(
+    listing = _subparser(
         subparsers,
         "list",
         "List the leases: state, gMSAs, directories, ticket expiry and last error (ListLeases)",
         parents=[common],
         handler=_cmd_list,
-        description="Expiry times are shown in local time; --json gives Unix seconds.",
-        examples=["credfetcher list", "credfetcher list --json"],
+        description="Expiry times are shown in local time; --json gives Unix seconds. Every "
+        "page the daemon sends is fetched, so a host with tens of thousands of leases lists "
+        "them all.",
+        examples=[
+            "credfetcher list",
+            "credfetcher list --json",
+            "credfetcher list --state failing",
+            "credfetcher list --gmsa webapp01",
+        ],
+    )
+    listing.add_argument("--gmsa", help="only leases holding this gMSA (case-insensitive)")
+    listing.add_argument(
+        "--state",
+        choices=["active", "failing", "waiting-for-credentials", "unknown"],
+        help="only leases in this state",
     )
     _subparser(
         subparsers,

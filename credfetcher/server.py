@@ -17,6 +17,7 @@ without a proto file.
 from __future__ import annotations
 
 import asyncio
+import base64
 import grp
 import logging
 import os
@@ -36,14 +37,21 @@ from credfetcher.aws import AwsCredentials
 from credfetcher.errors import CredfetcherError, InvalidRequestError
 from credfetcher.files import Ownership
 from credfetcher.identity import UserIdentity
+from credfetcher.leases import validate_lease_id
 from credfetcher.peercred import AllowList, PeerGate, deny_server
-from credfetcher.service import LeaseService
+from credfetcher.service import LeaseService, LeaseView
 from credfetcher.wire import DecodeErrorInterceptor
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CredentialsFetcherService"].full_name
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# ListLeases pages: a page never passes PAGE_BYTES, so it fits the 4 MiB receive limit that
+# gRPC clients have by default, whatever the lease count or the length of the error texts.
+MAX_PAGE_SIZE = 5000
+PAGE_BYTES = 3 * 1024 * 1024
+LEASE_STATES = frozenset({"active", "failing", "waiting-for-credentials", "unknown"})
+_PAGE_MARK = "l1."
 T = TypeVar("T")
 
 
@@ -238,30 +246,75 @@ class CredentialsFetcherServicer(pb_grpc.CredentialsFetcherServiceServicer):
         self, request: pb.ListLeasesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListLeasesResponse:
         def run() -> pb.ListLeasesResponse:
-            return pb.ListLeasesResponse(
-                leases=[
-                    pb.LeaseInfo(
-                        lease_id=view.lease_id,
-                        domainless=view.domainless,
-                        state=view.state,
-                        tickets=[
-                            pb.GmsaTicket(
-                                service_account_name=t.gmsa,
-                                domain_name=t.domain,
-                                krb_file_path=str(t.directory),
-                                expires_at=int(t.expires_at),
-                                renew_until=int(t.renew_until),
-                                last_error=t.last_error,
-                                next_renewal_at=int(t.next_renewal_at),
-                            )
-                            for t in view.tickets
-                        ],
-                    )
-                    for view in self.service.list_leases()
-                ]
-            )
+            return list_page(self.service, request)
 
         return await _call(context, "ListLeases", run, self.executor)
+
+
+def _lease_info(view: LeaseView) -> pb.LeaseInfo:
+    return pb.LeaseInfo(
+        lease_id=view.lease_id,
+        domainless=view.domainless,
+        state=view.state,
+        tickets=[
+            pb.GmsaTicket(
+                service_account_name=t.gmsa,
+                domain_name=t.domain,
+                krb_file_path=str(t.directory),
+                expires_at=int(t.expires_at),
+                renew_until=int(t.renew_until),
+                last_error=t.last_error,
+                next_renewal_at=int(t.next_renewal_at),
+            )
+            for t in view.tickets
+        ],
+    )
+
+
+def encode_page_token(lease_id: str) -> str:
+    return _PAGE_MARK + base64.urlsafe_b64encode(lease_id.encode()).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> str:
+    """The last lease id of the previous page; InvalidRequestError for anything we did not make."""
+    if not token:
+        return ""
+    try:
+        if not token.startswith(_PAGE_MARK):
+            raise ValueError
+        raw = token[len(_PAGE_MARK) :]
+        lease_id = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
+        validate_lease_id(lease_id)
+    except (ValueError, InvalidRequestError):
+        shown = token[:64].encode("unicode_escape").decode("ascii")
+        raise InvalidRequestError(
+            f"page_token {shown!r} is not a next_page_token this daemon sent"
+        ) from None
+    return lease_id
+
+
+def list_page(service: LeaseService, request: pb.ListLeasesRequest) -> pb.ListLeasesResponse:
+    """One page of ListLeases: at most ``page_size`` leases and :data:`PAGE_BYTES` bytes."""
+    if request.state and request.state not in LEASE_STATES:
+        raise InvalidRequestError(
+            f"state {request.state[:64]!r} is not one of {', '.join(sorted(LEASE_STATES))}"
+        )
+    size = request.page_size if 0 < request.page_size <= MAX_PAGE_SIZE else MAX_PAGE_SIZE
+    response = pb.ListLeasesResponse()
+    used = 0
+    views = service.iter_leases(
+        after=decode_page_token(request.page_token), gmsa=request.gmsa, state=request.state
+    )
+    for view in views:
+        info = _lease_info(view)
+        # Field tag + length prefix: at most 1 + 5 bytes on top of the message itself.
+        cost = info.ByteSize() + 6
+        if len(response.leases) >= size or (response.leases and used + cost > PAGE_BYTES):
+            response.next_page_token = encode_page_token(response.leases[-1].lease_id)
+            break
+        response.leases.append(info)
+        used += cost
+    return response
 
 
 class Server:

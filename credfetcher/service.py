@@ -14,7 +14,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -451,58 +451,75 @@ class LeaseService:
             renewed.extend(self.store.entry_dir(record.lease_id, e) / CCACHE_NAME for e in entries)
         return renewed
 
-    def list_leases(self) -> list[LeaseView]:
+    def iter_leases(
+        self, *, after: str = "", gmsa: str = "", state: str = ""
+    ) -> Iterator[LeaseView]:
+        """Leases in lease-id order, from the first id greater than ``after``, made lazily.
+
+        ``gmsa`` (case-insensitive) and ``state`` filter; empty means all. The ids are taken
+        when iteration starts: a lease deleted meanwhile is skipped, one added is not seen.
+        """
         with self._lock:
-            records = sorted(self._leases.values(), key=lambda r: r.created_at)
-        views = []
-        for record in records:
-            tviews = []
-            states = set()
-            for entry in record.entries:
-                status = self.scheduler.status(record.lease_id, entry.gmsa_name)
-                if status is None:
-                    states.add("unknown")
-                    tviews.append(
-                        TicketView(
-                            entry.gmsa_name,
-                            entry.domain,
-                            self.store.entry_dir(record.lease_id, entry),
-                            0,
-                            0,
-                            "",
-                            0,
-                        )
-                    )
-                    continue
-                if status.waiting_for_credentials:
-                    states.add("waiting-for-credentials")
-                elif status.last_error:
-                    states.add("failing")
+            ids = sorted(i for i in self._leases if i > after)
+        wanted = gmsa.lower()
+        for lease_id in ids:
+            with self._lock:
+                record = self._leases.get(lease_id)
+            if record is None:
+                continue
+            if wanted and all(e.gmsa_name.lower() != wanted for e in record.entries):
+                continue
+            view = self._view(record)
+            if not state or view.state == state:
+                yield view
+
+    def _view(self, record: LeaseRecord) -> LeaseView:
+        tviews = []
+        states = set()
+        for entry in record.entries:
+            status = self.scheduler.status(record.lease_id, entry.gmsa_name)
+            if status is None:
+                states.add("unknown")
                 tviews.append(
                     TicketView(
-                        gmsa=entry.gmsa_name,
-                        domain=entry.domain,
-                        directory=self.store.entry_dir(record.lease_id, entry),
-                        expires_at=status.endtime,
-                        renew_until=status.renew_till,
-                        last_error=status.last_error
-                        or (
-                            "waiting for RenewNonDomainJoinedKerberosLease (credentials are "
-                            "kept in memory only and were lost at restart)"
-                            if status.waiting_for_credentials
-                            else ""
-                        ),
-                        next_renewal_at=status.next_attempt,
+                        entry.gmsa_name,
+                        entry.domain,
+                        self.store.entry_dir(record.lease_id, entry),
+                        0,
+                        0,
+                        "",
+                        0,
                     )
                 )
-            state = next(
-                (s for s in ("waiting-for-credentials", "failing", "unknown") if s in states),
-                "active",
+                continue
+            if status.waiting_for_credentials:
+                states.add("waiting-for-credentials")
+            elif status.last_error:
+                states.add("failing")
+            tviews.append(
+                TicketView(
+                    gmsa=entry.gmsa_name,
+                    domain=entry.domain,
+                    directory=self.store.entry_dir(record.lease_id, entry),
+                    expires_at=status.endtime,
+                    renew_until=status.renew_till,
+                    last_error=status.last_error
+                    or (
+                        "waiting for RenewNonDomainJoinedKerberosLease (credentials are "
+                        "kept in memory only and were lost at restart)"
+                        if status.waiting_for_credentials
+                        else ""
+                    ),
+                    next_renewal_at=status.next_attempt,
+                )
             )
-            views.append(
-                LeaseView(record.lease_id, record.domainless_user is not None, state, tuple(tviews))
-            )
-        return views
+        state = next(
+            (s for s in ("waiting-for-credentials", "failing", "unknown") if s in states),
+            "active",
+        )
+        return LeaseView(
+            record.lease_id, record.domainless_user is not None, state, tuple(tviews)
+        )
 
     def metrics_state(self) -> LiveState:
         """Leases by state and each account's earliest ticket end, for the metrics endpoint."""

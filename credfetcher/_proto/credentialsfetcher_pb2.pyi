@@ -416,14 +416,39 @@ Global___RenewKerberosArnLeaseResponse: _TypeAlias = RenewKerberosArnLeaseRespon
 
 @_typing.final
 class ListLeasesRequest(_message.Message):
+    """Leases come in pages, in lease-id order. Every field is optional: a request with none set
+    (as every client written before paging sends) gets the first page, at most 5,000 leases and
+    never more than 3 MiB, so it always fits gRPC's default 4 MiB receive limit, plus a
+    next_page_token it may ignore. Following next_page_token until it is empty returns every
+    lease that existed throughout exactly once; leases added or deleted meanwhile may or may not
+    be included, and none twice.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    GMSA_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """at most this many leases; 0 or more than 5,000 means 5,000"""
+    page_token: _builtins.str
+    """next_page_token of the previous page; empty: from the start"""
+    gmsa: _builtins.str
+    """only leases holding this gMSA (case-insensitive); empty: all"""
+    state: _builtins.str
+    """only leases in this state ("active", "failing", ...); empty: all"""
     def __init__(
         self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        gmsa: _builtins.str = ...,
+        state: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gmsa", b"gmsa", "page_size", b"page_size", "page_token", b"page_token", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -506,16 +531,20 @@ class ListLeasesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     LEASES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """empty: this was the last page"""
     @_builtins.property
     def leases(self) -> _containers.RepeatedCompositeFieldContainer[Global___LeaseInfo]: ...
     def __init__(
         self,
         *,
         leases: _abc.Iterable[Global___LeaseInfo] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["leases", b"leases"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["leases", b"leases", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

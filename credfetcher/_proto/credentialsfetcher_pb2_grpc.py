@@ -122,7 +122,8 @@ class CredentialsFetcherServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListLeases(self, request, context):
-        """credfetcher addition: every lease with its gMSAs, directories and ticket expiry.
+        """credfetcher addition: leases with their gMSAs, directories and ticket expiry, a page at a
+        time (see ListLeasesRequest).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

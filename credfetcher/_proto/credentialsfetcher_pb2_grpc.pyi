@@ -45,7 +45,9 @@ class CredentialsFetcherServiceStub:
     AddKerberosArnLease: _grpc.UnaryUnaryMultiCallable[_credentialsfetcher_pb2.KerberosArnLeaseRequest, _credentialsfetcher_pb2.CreateKerberosArnLeaseResponse]
     RenewKerberosArnLease: _grpc.UnaryUnaryMultiCallable[_credentialsfetcher_pb2.RenewKerberosArnLeaseRequest, _credentialsfetcher_pb2.RenewKerberosArnLeaseResponse]
     ListLeases: _grpc.UnaryUnaryMultiCallable[_credentialsfetcher_pb2.ListLeasesRequest, _credentialsfetcher_pb2.ListLeasesResponse]
-    """credfetcher addition: every lease with its gMSAs, directories and ticket expiry."""
+    """credfetcher addition: leases with their gMSAs, directories and ticket expiry, a page at a
+    time (see ListLeasesRequest).
+    """
 
 @_typing.type_check_only
 class CredentialsFetcherServiceAsyncStub(CredentialsFetcherServiceStub):
@@ -58,7 +60,9 @@ class CredentialsFetcherServiceAsyncStub(CredentialsFetcherServiceStub):
     AddKerberosArnLease: _aio.UnaryUnaryMultiCallable[_credentialsfetcher_pb2.KerberosArnLeaseRequest, _credentialsfetcher_pb2.CreateKerberosArnLeaseResponse]  # type: ignore[assignment]
     RenewKerberosArnLease: _aio.UnaryUnaryMultiCallable[_credentialsfetcher_pb2.RenewKerberosArnLeaseRequest, _credentialsfetcher_pb2.RenewKerberosArnLeaseResponse]  # type: ignore[assignment]
     ListLeases: _aio.UnaryUnaryMultiCallable[_credentialsfetcher_pb2.ListLeasesRequest, _credentialsfetcher_pb2.ListLeasesResponse]  # type: ignore[assignment]
-    """credfetcher addition: every lease with its gMSAs, directories and ticket expiry."""
+    """credfetcher addition: leases with their gMSAs, directories and ticket expiry, a page at a
+    time (see ListLeasesRequest).
+    """
 
 class CredentialsFetcherServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -116,6 +120,8 @@ class CredentialsFetcherServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _credentialsfetcher_pb2.ListLeasesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_credentialsfetcher_pb2.ListLeasesResponse, _abc.Awaitable[_credentialsfetcher_pb2.ListLeasesResponse]]:
-        """credfetcher addition: every lease with its gMSAs, directories and ticket expiry."""
+        """credfetcher addition: leases with their gMSAs, directories and ticket expiry, a page at a
+        time (see ListLeasesRequest).
+        """
 
 def add_CredentialsFetcherServiceServicer_to_server(servicer: CredentialsFetcherServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

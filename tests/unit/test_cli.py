@@ -39,6 +39,7 @@ class FakeService(pb_grpc.CredentialsFetcherServiceServicer):
         self.abort: tuple[grpc.StatusCode, str] | None = None
         self.health = "OK"
         self.leases: list[pb.LeaseInfo] = []
+        self.page = 0  # leases per ListLeases page; 0: all in one
         self.block = threading.Event()
         self.block_for = 0.0
 
@@ -124,7 +125,12 @@ class FakeService(pb_grpc.CredentialsFetcherServiceServicer):
         self, request: pb.ListLeasesRequest, context: grpc.ServicerContext
     ) -> pb.ListLeasesResponse:
         self._record(request, context)
-        return pb.ListLeasesResponse(leases=self.leases)
+        if not self.page:
+            return pb.ListLeasesResponse(leases=self.leases)
+        start = int(request.page_token or 0)
+        end = start + self.page
+        more = str(end) if end < len(self.leases) else ""
+        return pb.ListLeasesResponse(leases=self.leases[start:end], next_page_token=more)
 
 
 @dataclass
@@ -781,6 +787,46 @@ def test_list_json_keeps_unix_seconds(daemon: Daemon, capsys: pytest.CaptureFixt
     (tk,) = lease["tickets"]
     assert tk["expires_at"] == EXPIRES
     assert tk["krb_file_path"] == str(daemon.krbdir / LEASE / "WebApp01")
+
+
+def test_list_follows_every_page_and_passes_the_filters(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    daemon.service.page = 2
+    ids = [f"{n:020x}" for n in range(5)]
+    daemon.service.leases = [
+        pb.LeaseInfo(lease_id=i, state="failing", tickets=[ticket(daemon, "WebApp01")])
+        for i in ids
+    ]
+
+    result = run(capsys, daemon, "--json", "list", "--state", "failing", "--gmsa", "webapp01")
+
+    assert result.code == 0, result.err
+    assert [lease["lease_id"] for lease in json.loads(result.out)["leases"]] == ids
+    assert len(result.requests) == 3
+    assert [r.page_token for r in result.requests] == ["", "2", "4"]  # type: ignore[attr-defined]
+    assert {(r.state, r.gmsa) for r in result.requests} == {  # type: ignore[attr-defined]
+        ("failing", "webapp01")
+    }
+
+
+def test_mount_args_finds_a_lease_on_a_later_page(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    daemon.service.page = 1
+    daemon.service.leases = [
+        pb.LeaseInfo(
+            lease_id=f"{n:020x}",
+            state="active",
+            tickets=[ticket(daemon, "WebApp01", lease=f"{n:020x}")],
+        )
+        for n in range(3)
+    ]
+
+    result = run(capsys, daemon, "mount-args", f"{2:020x}")
+
+    assert result.code == 0, result.err
+    assert f"source={daemon.krbdir / f'{2:020x}' / 'WebApp01'}" in result.out
 
 
 def test_list_with_no_leases(daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
