@@ -48,6 +48,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CredentialsFetcherService"].full_
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 # ListLeases pages: a page never passes PAGE_BYTES, so it fits the 4 MiB receive limit that
 # gRPC clients have by default, whatever the lease count or the length of the error texts.
+DEFAULT_PAGE_SIZE = 1000
 MAX_PAGE_SIZE = 5000
 PAGE_BYTES = 3 * 1024 * 1024
 LEASE_STATES = frozenset({"active", "failing", "waiting-for-credentials", "unknown"})
@@ -299,7 +300,7 @@ def list_page(service: LeaseService, request: pb.ListLeasesRequest) -> pb.ListLe
         raise InvalidRequestError(
             f"state {request.state[:64]!r} is not one of {', '.join(sorted(LEASE_STATES))}"
         )
-    size = request.page_size if 0 < request.page_size <= MAX_PAGE_SIZE else MAX_PAGE_SIZE
+    size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
     response = pb.ListLeasesResponse()
     used = 0
     views = service.iter_leases(

@@ -417,7 +417,7 @@ Global___RenewKerberosArnLeaseResponse: _TypeAlias = RenewKerberosArnLeaseRespon
 @_typing.final
 class ListLeasesRequest(_message.Message):
     """Leases come in pages, in lease-id order. Every field is optional: a request with none set
-    (as every client written before paging sends) gets the first page, at most 5,000 leases and
+    (as every client written before paging sends) gets the first page, at most 1,000 leases and
     never more than 3 MiB, so it always fits gRPC's default 4 MiB receive limit, plus a
     next_page_token it may ignore. Following next_page_token until it is empty returns every
     lease that existed throughout exactly once; leases added or deleted meanwhile may or may not
@@ -431,7 +431,7 @@ class ListLeasesRequest(_message.Message):
     GMSA_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """at most this many leases; 0 or more than 5,000 means 5,000"""
+    """at most this many leases (at most 5,000); 0 means 1,000"""
     page_token: _builtins.str
     """next_page_token of the previous page; empty: from the start"""
     gmsa: _builtins.str
