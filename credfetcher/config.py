@@ -68,6 +68,7 @@ class Config:
     renew_lifetime: int = 7 * 24 * 3600
     renew_margin: int = 2 * 3600
     orphan_after: int = 7 * 24 * 3600
+    rejected_password_retry: int = 1860
     rpc_threads: int = 64
     log_level: str = "INFO"
     aws_sm_secret_name: str | None = None
@@ -269,6 +270,12 @@ SETTINGS: tuple[Setting, ...] = (
         "CF_ORPHAN_AFTER",
         _positive_int,
         "remove a lease that could not be renewed this long past its renew-until (s)",
+    ),
+    Setting(
+        "rejected_password_retry",
+        "CF_REJECTED_PASSWORD_RETRY",
+        _positive_int,
+        "retry a domainless password the DC refused no sooner than this (s; see below)",
     ),
     Setting("rpc_threads", "CF_RPC_THREADS", _positive_int, "concurrent RPC worker threads"),
     Setting("log_level", "CF_LOG_LEVEL", _log_level, "DEBUG, INFO, WARNING or ERROR"),
