@@ -49,6 +49,10 @@ class Config:
     socket_mode: int = 0o660
     allowed_uids: tuple[int, ...] = ()
     allowed_gids: tuple[int, ...] = ()
+    peer_max_connections: int = 256
+    peer_max_per_uid: int = 64
+    peer_max_refused: int = 8
+    peer_idle_timeout: int = 600
     cred_spec_file: CredSpecFile | None = None
     gmsa_ou: str | None = None
     domain_controllers: tuple[DomainController, ...] = ()
@@ -226,6 +230,31 @@ SETTINGS: tuple[Setting, ...] = (
         "CF_ALLOWED_GIDS",
         _id_list,
         "primary gids allowed to call, checked with SO_PEERCRED (empty: no check)",
+    ),
+    Setting(
+        "peer_max_connections",
+        "CF_PEER_MAX_CONNECTIONS",
+        _positive_int,
+        "with an allow-list: connections relayed at once, all uids but root together",
+    ),
+    Setting(
+        "peer_max_per_uid",
+        "CF_PEER_MAX_PER_UID",
+        _positive_int,
+        "with an allow-list: connections relayed at once from one uid (root: no cap)",
+    ),
+    Setting(
+        "peer_max_refused",
+        "CF_PEER_MAX_REFUSED",
+        _positive_int,
+        "with an allow-list: refused callers answered PERMISSION_DENIED at once; more are "
+        "closed unanswered",
+    ),
+    Setting(
+        "peer_idle_timeout",
+        "CF_PEER_IDLE_TIMEOUT",
+        _positive_int,
+        "with an allow-list: close a connection idle this long (s); gRPC clients reconnect",
     ),
     Setting(
         "cred_spec_file",

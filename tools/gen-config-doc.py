@@ -29,6 +29,12 @@ client sets it with `credfetcher add --uid N --gid N --mode 0440`.
 Caller checks: the socket is created 0660 (group `CF_SOCKET_GROUP`). With `CF_ALLOWED_UIDS` or
 `CF_ALLOWED_GIDS` set, the daemon also reads each connecting process's uid and gid from the kernel
 (SO_PEERCRED) and answers callers outside the list PERMISSION_DENIED; root is always allowed.
+A flood of connections cannot exhaust the daemon: one thread relays every connection, at most
+`CF_PEER_MAX_CONNECTIONS` at once (`CF_PEER_MAX_PER_UID` per uid; root is not capped), refused
+callers are answered at most `CF_PEER_MAX_REFUSED` at a time and closed after 5 s, and anything
+over a cap is closed as soon as it is accepted. Each relayed connection costs two descriptors,
+so keep `2 x CF_PEER_MAX_CONNECTIONS` plus about 100 under the daemon's `LimitNOFILE` (systemd's
+default soft limit is 1024).
 
 Refused passwords and account lockout (`CF_REJECTED_PASSWORD_RETRY`): every Kerberos
 pre-authentication with a wrong password counts towards the account's lockout in AD
