@@ -205,6 +205,8 @@ class PeerGate:
         self._refused = 0
         self._accept_paused_until = 0.0
         self._accept_pause = _ACCEPT_PAUSE_MIN
+        self._drain_until = 0.0
+        self._listener_closed = threading.Event()
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -228,15 +230,14 @@ class PeerGate:
         self._thread = threading.Thread(target=self._loop, name="peer-gate", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, drain: float = 15.0) -> None:
+        """Stop accepting now; keep relaying open connections until they close or ``drain``
+        seconds pass, so calls in flight finish within the gRPC server's own grace."""
+        self._drain_until = self._clock() + drain
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(2)
-        for relay in list(self._relays):
-            self._close(relay)
-        if self._sel is not None:
-            self._sel.close()
-        if self._listener is not None:
+        if self._thread is not None and self._thread.is_alive():
+            self._listener_closed.wait(2)
+        elif self._listener is not None:
             self._listener.close()
         self.public.unlink(missing_ok=True)
 
@@ -250,26 +251,47 @@ class PeerGate:
         sel = self._sel
         assert sel is not None  # noqa: S101 - start() made it
         next_sweep = 0.0
-        while not self._stop.is_set():
-            try:
-                events = sel.select(timeout=0.5)
-            except OSError:
-                log.exception("the peer gate's selector failed")
-                time.sleep(0.5)
-                continue
-            for key, mask in events:
-                if key.data is None:
-                    self._accept_batch()
-                else:
-                    self._service(key.data, key.fileobj, mask)  # type: ignore[arg-type]
-            now = self._clock()
-            if self._accept_paused_until and now >= self._accept_paused_until:
-                self._accept_paused_until = 0.0
-                if self._listener is not None:
-                    sel.register(self._listener, selectors.EVENT_READ, None)
-            if now >= next_sweep:
-                next_sweep = now + 0.5
-                self._sweep(now)
+        try:
+            while True:
+                if self._stop.is_set():
+                    self._close_listener()
+                    if not self._relays or self._clock() >= self._drain_until:
+                        return
+                try:
+                    events = sel.select(timeout=0.5)
+                except OSError:
+                    log.exception("the peer gate's selector failed")
+                    time.sleep(0.5)
+                    continue
+                for key, mask in events:
+                    if key.data is None:
+                        self._accept_batch()
+                    else:
+                        self._service(key.data, key.fileobj, mask)  # type: ignore[arg-type]
+                now = self._clock()
+                if self._accept_paused_until and now >= self._accept_paused_until:
+                    self._accept_paused_until = 0.0
+                    if self._listener is not None and not self._stop.is_set():
+                        sel.register(self._listener, selectors.EVENT_READ, None)
+                if now >= next_sweep:
+                    next_sweep = now + 0.5
+                    self._sweep(now)
+        finally:
+            self._close_listener()
+            for relay in list(self._relays):
+                self._close(relay)
+            sel.close()
+
+    def _close_listener(self) -> None:
+        if self._listener_closed.is_set():
+            return
+        listener = self._listener
+        if listener is not None:
+            if self._sel is not None and not self._accept_paused_until:
+                with contextlib.suppress(KeyError, ValueError):
+                    self._sel.unregister(listener)
+            listener.close()
+        self._listener_closed.set()
 
     def _accept_batch(self) -> None:
         listener = self._listener

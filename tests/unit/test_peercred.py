@@ -214,3 +214,19 @@ def test_refused_callers_are_logged_once_per_uid_and_period(
     assert echo(socks[-1]) == b"D:ping"
     refused = [r for r in caplog.records if "refused a caller" in r.getMessage()]
     assert len(refused) == 1
+
+
+def test_stop_refuses_new_connections_and_lets_open_ones_finish(make_gate: MakeGate) -> None:
+    gate = make_gate()
+    sock = gate.connect(ALLOWED_UID)
+    assert echo(sock) == b"A:ping"
+    gate.gate.stop(drain=5)
+    assert not gate.public.exists()
+    with pytest.raises(FileNotFoundError):
+        gate.connect(ALLOWED_UID)
+    assert echo(sock, b"still") == b"A:still"  # a call in flight finishes
+    sock.close()
+    thread = gate.gate._thread
+    assert thread is not None
+    thread.join(2)
+    assert not thread.is_alive()
