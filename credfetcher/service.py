@@ -9,7 +9,6 @@ complete lease or leaves nothing behind; an error names the gMSA it concerns.
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import functools
 import logging
@@ -158,7 +157,7 @@ class LeaseService:
         self._sm_error = ""
         # A secret whose identity the DC refused: (identity key, not before, the error). The same
         # secret is not tried again before then (see CF_REJECTED_PASSWORD_RETRY).
-        self._sm_refused: tuple[tuple[str, str, str], float, CredfetcherError] | None = None
+        self._sm_refused: tuple[tuple[str, str, str], float, str] | None = None
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -813,19 +812,18 @@ class LeaseService:
         """
         refused = self._sm_refused
         if refused is not None and refused[0] == user.key and now < refused[1]:
-            error = copy.copy(refused[2])
-            error.message = (
-                f"{error.message} (not tried again for {refused[1] - now:.0f} s: "
-                "CF_REJECTED_PASSWORD_RETRY)"
+            raise BindError(
+                f"{refused[2]} (not tried again for {refused[1] - now:.0f} s: "
+                "CF_REJECTED_PASSWORD_RETRY)",
+                identity=user.label,
             )
-            raise error
         with self._lock:
             records = [r for r in self._leases.values() if r.kind == "aws-secret"]
         entries = [e for r in records for e in r.entries]
         try:
             self._verified_accounts(user, entries)
         except (BindError, KeyRejectedError) as exc:
-            self._sm_refused = (user.key, now + self.config.rejected_password_retry, exc)
+            self._sm_refused = (user.key, now + self.config.rejected_password_retry, exc.message)
             raise
         self._sm_refused = None
 
