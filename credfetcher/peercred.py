@@ -131,7 +131,7 @@ class _RateLimitedLog:
         self._last: dict[object, float] = {}
         self._held: Counter[object] = Counter()
 
-    def warning(self, key: object, msg: str, *args: object) -> None:
+    def warning(self, key: object, msg: str, *args: object, exc_info: bool = False) -> None:
         now = self._clock()
         last = self._last.get(key)
         if last is not None and now - last < _LOG_EVERY:
@@ -145,7 +145,7 @@ class _RateLimitedLog:
         if held:
             msg += " (%d more like it in the last %.0f s)"
             args = (*args, held, now - last if last is not None else _LOG_EVERY)
-        log.warning(msg, *args)
+        log.warning(msg, *args, exc_info=exc_info)
 
 
 class _Relay:
@@ -264,23 +264,38 @@ class PeerGate:
                     time.sleep(0.5)
                     continue
                 for key, mask in events:
-                    if key.data is None:
-                        self._accept_batch()
-                    else:
-                        self._service(key.data, key.fileobj, mask)  # type: ignore[arg-type]
+                    self._dispatch(key, mask)
+                self._housekeeping(sel, next_sweep)
                 now = self._clock()
-                if self._accept_paused_until and now >= self._accept_paused_until:
-                    self._accept_paused_until = 0.0
-                    if self._listener is not None and not self._stop.is_set():
-                        sel.register(self._listener, selectors.EVENT_READ, None)
                 if now >= next_sweep:
                     next_sweep = now + 0.5
-                    self._sweep(now)
         finally:
             self._close_listener()
             for relay in list(self._relays):
                 self._close(relay)
             sel.close()
+
+    def _dispatch(self, key: selectors.SelectorKey, mask: int) -> None:
+        try:
+            if key.data is None:
+                self._accept_batch()
+            else:
+                self._service(key.data, key.fileobj, mask)  # type: ignore[arg-type]
+        except Exception:
+            # A bug met by one connection must not end the gate for every caller.
+            self._log.warning(("bug",), "the peer gate failed on one connection", exc_info=True)
+            if key.data is not None:
+                self._close(key.data)
+
+    def _housekeeping(self, sel: selectors.BaseSelector, next_sweep: float) -> None:
+        """Resume accepting after a pause; close idle and expired connections twice a second."""
+        now = self._clock()
+        if self._accept_paused_until and now >= self._accept_paused_until:
+            self._accept_paused_until = 0.0
+            if self._listener is not None and not self._stop.is_set():
+                sel.register(self._listener, selectors.EVENT_READ, None)
+        if now >= next_sweep:
+            self._sweep(now)
 
     def _close_listener(self) -> None:
         if self._listener_closed.is_set():
