@@ -53,6 +53,10 @@ class Config:
     socket_mode: int = 0o660
     allowed_uids: tuple[int, ...] = ()
     allowed_gids: tuple[int, ...] = ()
+    peer_max_connections: int = 256
+    peer_max_per_uid: int = 64
+    peer_max_refused: int = 8
+    peer_idle_timeout: int = 600
     cred_spec_file: CredSpecFile | None = None
     gmsa_ou: str | None = None
     domain_controllers: tuple[DomainController, ...] = ()
@@ -72,6 +76,7 @@ class Config:
     renew_lifetime: int = 7 * 24 * 3600
     renew_margin: int = 2 * 3600
     orphan_after: int = 7 * 24 * 3600
+    rejected_password_retry: int = 1860
     rpc_threads: int = 64
     log_level: str = "INFO"
     aws_sm_secret_name: str | None = None
@@ -278,6 +283,31 @@ SETTINGS: tuple[Setting, ...] = (
         "primary gids allowed to call, checked with SO_PEERCRED (empty: no check)",
     ),
     Setting(
+        "peer_max_connections",
+        "CF_PEER_MAX_CONNECTIONS",
+        _positive_int,
+        "with an allow-list: connections relayed at once, all uids but root together",
+    ),
+    Setting(
+        "peer_max_per_uid",
+        "CF_PEER_MAX_PER_UID",
+        _positive_int,
+        "with an allow-list: connections relayed at once from one uid (root: no cap)",
+    ),
+    Setting(
+        "peer_max_refused",
+        "CF_PEER_MAX_REFUSED",
+        _positive_int,
+        "with an allow-list: refused callers answered PERMISSION_DENIED at once; more are "
+        "closed unanswered",
+    ),
+    Setting(
+        "peer_idle_timeout",
+        "CF_PEER_IDLE_TIMEOUT",
+        _positive_int,
+        "with an allow-list: close a connection idle this long (s); gRPC clients reconnect",
+    ),
+    Setting(
         "cred_spec_file",
         "CF_CRED_SPEC_FILE",
         _cred_spec_file,
@@ -320,6 +350,12 @@ SETTINGS: tuple[Setting, ...] = (
         "CF_ORPHAN_AFTER",
         _positive_int,
         "remove a lease that could not be renewed this long past its renew-until (s)",
+    ),
+    Setting(
+        "rejected_password_retry",
+        "CF_REJECTED_PASSWORD_RETRY",
+        _positive_int,
+        "retry a domainless password the DC refused no sooner than this (s; see below)",
     ),
     Setting("rpc_threads", "CF_RPC_THREADS", _positive_int, "concurrent RPC worker threads"),
     Setting("log_level", "CF_LOG_LEVEL", _log_level, "DEBUG, INFO, WARNING or ERROR"),

@@ -5,13 +5,20 @@ from krbdir (missing or expired caches renewed), the gRPC socket is bound, a Hea
 made through the socket itself, and only then is READY=1 sent (sd_notify(3)), so a unit ordered
 after credfetcher.service can call it at once. WATCHDOG=1 is sent only while the renewal loop is
 alive. SIGTERM sends STOPPING=1, lets in-flight calls finish and exits 0 within 10 seconds.
+
+The process holds passwords and keys in memory, so before anything else it makes itself
+non-dumpable (prctl(2) PR_SET_DUMPABLE 0: no core dump, no ptrace by other users, /proc/<pid>/mem
+root-only) and sets its core size limit to 0 (which systemd-coredump honours too). The watchdog
+kills with SIGABRT: without this, that would write every secret in the heap to disk.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import grp
 import logging
+import resource
 import signal
 import sys
 import threading
@@ -134,6 +141,38 @@ def start_metrics(service: LeaseService, config: Config) -> MetricsServer | None
     return exporter
 
 
+# prctl(2) options (linux/prctl.h).
+PR_GET_DUMPABLE = 3
+PR_SET_DUMPABLE = 4
+
+
+def disable_core_dumps() -> bool:
+    """Make this process non-dumpable and its core limit 0; True when both hold afterwards.
+
+    A failure is logged as a warning and the daemon goes on: refusing to start would turn a
+    missing hardening into an outage, and the unit's LimitCORE=0 still stops core files.
+    """
+    ok = True
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        zero = ctypes.c_ulong(0)
+        if libc.prctl(PR_SET_DUMPABLE, zero, zero, zero, zero) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
+    except (OSError, AttributeError) as exc:
+        ok = False
+        log.warning("cannot make the process non-dumpable; a crash may dump secrets: %s", exc)
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+        if soft != 0:
+            # Lowering needs no privilege; under the unit (LimitCORE=0) there is nothing to do,
+            # which matters because its seccomp filter refuses setrlimit (@resources).
+            resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
+    except (OSError, ValueError) as exc:
+        ok = False
+        log.warning("cannot set the core size limit to 0: %s", exc)
+    return ok
+
+
 def block_stop_signals() -> None:
     """Leave SIGTERM and SIGINT pending for :func:`wait_for_stop_signal` (this thread and every
     thread it starts from now on)."""
@@ -198,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_config:
         return check_config(config)
     configure_logging(config.log_level)
+    disable_core_dumps()
     notifier = Notifier()
     try:
         return run(config, notifier)

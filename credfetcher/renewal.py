@@ -30,8 +30,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from credfetcher import metrics, tickets
-from credfetcher.errors import CredfetcherError, KerberosError, StorageError
+from credfetcher.errors import (
+    BindError,
+    CredfetcherError,
+    KerberosError,
+    KeyRejectedError,
+    StorageError,
+)
 from credfetcher.files import Ownership
+from credfetcher.identity import UserIdentity
 from credfetcher.keys import KerberosKey
 from credfetcher.keytab import write_keytab
 from credfetcher.krbcodes import is_dc_outage
@@ -43,6 +50,11 @@ BACKOFF_CAP = 30.0
 JITTER = 0.1
 MAX_MARGIN_FRACTION = 0.9
 MIN_AGE_FRACTION = 0.05
+# A domainless user's password that the DC or KDC refused is tried again no sooner than this
+# (CF_REJECTED_PASSWORD_RETRY): every try is a failed pre-authentication that AD counts towards
+# the account's lockout, and the count only resets once its observation window has passed since
+# the last failure. See docs/configuration.md.
+REJECTED_PASSWORD_RETRY = 1860.0
 # Groups renewed at once in one pass: a KDC that black-holes one request then delays the others
 # by its timeout only once per batch, not once per group.
 RENEWAL_WORKERS = 4
@@ -99,6 +111,12 @@ class TargetStatus:
     waiting_for_credentials: bool
 
 
+def _user_identity(account: Account) -> str | None:
+    """The identity key of a domainless user's account (whose refused password AD counts)."""
+    identity = getattr(account, "identity", None)
+    return "|".join(identity.key) if isinstance(identity, UserIdentity) else None
+
+
 class RenewalScheduler:
     """Keeps every registered target's ccache fresh, one AS exchange per account and cycle."""
 
@@ -111,8 +129,13 @@ class RenewalScheduler:
         clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
         on_orphan: Callable[[str], None] | None = None,
+        rejected_retry: float = REJECTED_PASSWORD_RETRY,
     ) -> None:
         self.margin = margin
+        self.rejected_retry = rejected_retry
+        # Per user identity whose password was refused: when it may be tried again. Held per
+        # identity, not per group, so N gMSAs read by one user cost one try per period, not N.
+        self._rejected: dict[str, float] = {}
         self.orphan_after = orphan_after
         self.rc4 = rc4
         self.clock = clock
@@ -374,13 +397,29 @@ class RenewalScheduler:
                 return None
             account = group.account
             old_end = group.endtime
+            held = _user_identity(account)
+            if held is not None and held in self._rejected:
+                now = self.clock()
+                if not asked and now < self._rejected[held]:
+                    # Another group of this identity was refused: wait for the same window.
+                    group.next_attempt = max(group.next_attempt, self._rejected[held])
+                    return None
+                # This attempt is the identity's one try for the period: others wait for it.
+                self._rejected[held] = now + self.rejected_retry
         started = time.monotonic()
         try:
             tgt, material = account.acquire_tgt()
         except CredfetcherError as exc:
             metrics.inc(metrics.RENEWAL_FAILURES, account.gmsa)
+            refused = held is not None and isinstance(exc, BindError | KeyRejectedError)
             with self._lock:
                 self._failed(group, exc.message)
+                if held is not None and refused:
+                    until = self.clock() + self.rejected_retry
+                    self._rejected[held] = until
+                    group.next_attempt = until + self.rejected_retry * JITTER * self.rng()
+                elif held is not None and held in self._rejected:
+                    self._rejected[held] = self.clock()  # not a refusal: the next try may go
                 retry = group.next_attempt - self.clock()
             log.warning(
                 "renewal of %s failed (attempt %d, next in %.0f s): %s",
@@ -394,6 +433,9 @@ class RenewalScheduler:
                 self.last_dc_error = exc.message
             return exc
         self.last_dc_error = ""
+        if held is not None:
+            with self._lock:
+                self._rejected.pop(held, None)
         if tgt.info.endtime <= old_end and not asked:
             # The KDC gave us nothing new (e.g. the account's max ticket life was reached):
             # keep the current files and try again later rather than rewriting them.

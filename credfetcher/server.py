@@ -38,7 +38,7 @@ from credfetcher.errors import CredfetcherError, InvalidRequestError
 from credfetcher.files import Ownership
 from credfetcher.identity import UserIdentity
 from credfetcher.leases import validate_lease_id
-from credfetcher.peercred import AllowList, PeerGate, deny_server
+from credfetcher.peercred import AllowList, GateLimits, PeerGate, deny_server
 from credfetcher.service import LeaseService, LeaseView
 from credfetcher.wire import DecodeErrorInterceptor
 
@@ -395,8 +395,19 @@ class Server:
         self.grpc = self._run(self._serve(f"unix:{private / 'service.sock'}"))
         self._deny = deny_server(f"unix:{private / 'deny.sock'}")
         self._deny.start()
+        config = self.service.config
+        limits = GateLimits(
+            max_connections=config.peer_max_connections,
+            max_per_uid=config.peer_max_per_uid,
+            max_refused=config.peer_max_refused,
+            idle_timeout=config.peer_idle_timeout,
+        )
         self._gate = PeerGate(
-            self.socket_path, private / "service.sock", private / "deny.sock", allow_list
+            self.socket_path,
+            private / "service.sock",
+            private / "deny.sock",
+            allow_list,
+            limits=limits,
         )
         self._gate.start(self.service.config.socket_mode, gid)
         self.update_health()

@@ -27,8 +27,10 @@ from credfetcher.config import Config
 from credfetcher.credspec import Credspec, parse_credspec
 from credfetcher.directory import DirectoryClient, DirectoryConfig
 from credfetcher.errors import (
+    BindError,
     CredfetcherError,
     InvalidRequestError,
+    KeyRejectedError,
     LeaseNotFoundError,
 )
 from credfetcher.exporter import LiveState
@@ -128,6 +130,7 @@ class LeaseService:
             rc4=config.enable_rc4,
             clock=clock,
             on_orphan=self._remove_orphan,
+            rejected_retry=config.rejected_password_retry,
         )
         self._directory_factory = directory_factory
         self._directories: dict[str, DirectoryClient] = {}
@@ -140,6 +143,9 @@ class LeaseService:
         self._sm: SecretIdentity | None = None
         self._sm_read_at = 0.0
         self._sm_error = ""
+        # A secret whose identity the DC refused: (identity key, not before, the error). The same
+        # secret is not tried again before then (see CF_REJECTED_PASSWORD_RETRY).
+        self._sm_refused: tuple[tuple[str, str, str], float, str] | None = None
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -433,23 +439,67 @@ class LeaseService:
             self.delete_lease(lease_id)
 
     def renew_domainless(self, user: UserIdentity) -> list[Path]:
-        """RenewNonDomainJoinedKerberosLease: new user credentials for that user's leases."""
+        """RenewNonDomainJoinedKerberosLease: new user credentials for that user's leases.
+
+        The credentials are proved first (:meth:`_verified_accounts`): only when they get a TGT
+        and read every affected gMSA's password does any lease move to them. A wrong password
+        raises that error (UNAUTHENTICATED, naming the user) and leaves every lease renewing
+        with the credentials it had, so the scheduler never retries the refused password.
+        """
         with self._lock:
             records = [
                 r
                 for r in self._leases.values()
                 if r.domainless_user is not None and r.domainless_user.lower() == user.label.lower()
             ]
+        accounts = self._verified_accounts(user, [e for r in records for e in r.entries])
+        with self._lock:
             self._users[(user.username.lower(), user.domain.lower())] = user
         renewed: list[Path] = []
         for record in records:
             errors: list[CredfetcherError] = []
-            plan = [(e, self.account(e.domain, e.gmsa_name, user)) for e in record.entries]
+            plan = [(e, accounts[(e.domain, e.gmsa_name.lower())]) for e in record.entries]
             entries = self._rebind_lease(record, plan, errors)
             if errors:
                 raise errors[0]
             renewed.extend(self.store.entry_dir(record.lease_id, e) / CCACHE_NAME for e in entries)
         return renewed
+
+    def _verified_accounts(
+        self, user: UserIdentity, entries: Sequence[GmsaEntry]
+    ) -> dict[tuple[str, str], GmsaAccount]:
+        """The account of each (domain, gMSA) in ``entries`` as read by ``user``, each proved.
+
+        Proof is reading the gMSA's managed password as ``user``: the LDAP bind needs the user's
+        own TGT (one AS exchange with the password), the read needs the right to the password.
+        Nothing is registered before it succeeds, so a refused password leaves no account
+        behind; an account already known for these exact credentials has proved them before.
+        """
+        accounts: dict[tuple[str, str], GmsaAccount] = {}
+        for entry in entries:
+            slot = (entry.domain, entry.gmsa_name.lower())
+            if slot in accounts:
+                continue
+            candidate = GmsaAccount(
+                entry.gmsa_name,
+                entry.domain,
+                user,
+                self.directory(entry.domain),
+                lifetime=self.config.ticket_lifetime,
+                renew_lifetime=self.config.renew_lifetime,
+                clock=self.clock,
+            )
+            with self._lock:
+                account = self._accounts.get(candidate.key, candidate)
+            try:
+                account.material()
+            except CredfetcherError as exc:
+                if is_dc_outage(exc):
+                    self.scheduler.last_dc_error = exc.message
+                raise
+            with self._lock:
+                accounts[slot] = self._accounts.setdefault(candidate.key, account)
+        return accounts
 
     def iter_leases(
         self, *, after: str = "", gmsa: str = "", state: str = ""
@@ -720,7 +770,10 @@ class LeaseService:
         """The CF_AWS_SM_SECRET_NAME identity (None when unset), re-read every CF_AWS_SM_REFRESH.
 
         A changed secret (another user or password) moves every lease made with it to the new
-        identity. Raises the AWS error when the secret cannot be read and none is cached.
+        identity, once that identity has proved it can read every one of their gMSAs'
+        passwords; until then the leases keep the identity they had. A refused password is
+        not tried again for CF_REJECTED_PASSWORD_RETRY. Raises the AWS or DC error when the
+        secret cannot be read or used and no identity is cached.
         """
         name = self.config.aws_sm_secret_name
         if name is None:
@@ -738,11 +791,51 @@ class LeaseService:
             except CredfetcherError as exc:
                 self._sm_error = exc.message
                 raise
-            self._sm, self._sm_read_at, self._sm_error = fresh, now, ""
-        if current is None or current.user.key != fresh.user.key:
-            log.info("identity from secret %s: %s", name, fresh.user.label)
-            self._attach_secret_leases(fresh.user)
+            self._sm_read_at = now
+            if current is not None and current.user.key == fresh.user.key:
+                self._sm, self._sm_error = fresh, ""
+                return fresh.user
+            try:
+                self._prove_secret_identity(fresh.user, now)
+            except CredfetcherError as exc:
+                self._sm_error = exc.message
+                if current is None:
+                    raise
+                log.warning(
+                    "secret %s now holds %s, which cannot be used (%s); its leases keep %s",
+                    name,
+                    fresh.user.label,
+                    exc.message,
+                    current.user.label,
+                )
+                return current.user
+            self._sm, self._sm_error = fresh, ""
+        log.info("identity from secret %s: %s", name, fresh.user.label)
+        self._attach_secret_leases(fresh.user)
         return fresh.user
+
+    def _prove_secret_identity(self, user: UserIdentity, now: float) -> None:
+        """Raise unless ``user`` can read the gMSA passwords of every CF_AWS_SM_SECRET_NAME lease.
+
+        A refusal of the password itself is remembered: the same secret raises the same error
+        without asking the DC until CF_REJECTED_PASSWORD_RETRY has passed.
+        """
+        refused = self._sm_refused
+        if refused is not None and refused[0] == user.key and now < refused[1]:
+            raise BindError(
+                f"{refused[2]} (not tried again for {refused[1] - now:.0f} s: "
+                "CF_REJECTED_PASSWORD_RETRY)",
+                identity=user.label,
+            )
+        with self._lock:
+            records = [r for r in self._leases.values() if r.kind == "aws-secret"]
+        entries = [e for r in records for e in r.entries]
+        try:
+            self._verified_accounts(user, entries)
+        except (BindError, KeyRejectedError) as exc:
+            self._sm_refused = (user.key, now + self.config.rejected_password_retry, exc.message)
+            raise
+        self._sm_refused = None
 
     def _attach_secret_leases(self, user: UserIdentity) -> None:
         with self._lock:

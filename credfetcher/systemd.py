@@ -14,7 +14,14 @@ stdlib do the same, so the daemon notifies correctly without the extra, and test
 Logging goes to the journal with structured fields (``LEASE_ID``, ``GMSA``, ``DC``, ...) when the
 process runs under systemd with its stderr connected to journald (systemd.exec(5),
 ``$JOURNAL_STREAM``), and as plain lines on stderr otherwise, where the same fields are appended as
-``KEY=value``. Fields are passed with ``extra=`` or bound once through :class:`FieldsAdapter`.
+``KEY=value``. Fields are passed with ``extra=`` (any name: ``extra={"dc": ...}`` becomes ``DC``)
+or bound once through :class:`FieldsAdapter`.
+
+Messages and field values carry text from callers and domain controllers (user names, DNs, error
+texts), so both handlers escape control characters in them (a newline becomes a backslash and
+an ``n``): no caller can start a forged line in the stderr log or smuggle terminal escapes.
+A traceback keeps its lines, each continuation indented, so every line of the stderr log either
+starts a record with its timestamp or continues the one above.
 """
 
 from __future__ import annotations
@@ -30,10 +37,12 @@ from typing import Any, Final, Literal, TextIO
 
 __all__ = [
     "FIELD_NAMES",
+    "EscapingFormatter",
     "FieldsAdapter",
     "KeyValueFormatter",
     "Notifier",
     "configure_logging",
+    "escape_controls",
     "parse_level",
     "record_fields",
 ]
@@ -67,6 +76,39 @@ _RESERVED_FIELDS: Final = frozenset(
 )
 
 SYSLOG_IDENTIFIER: Final = "credfetcherd"
+
+# What every LogRecord has (and what Formatter.format adds): anything else came with extra=.
+_RECORD_ATTRIBUTES: Final = frozenset(
+    vars(logging.LogRecord("", logging.INFO, "", 0, "", None, None))
+) | {"message", "asctime", "taskName"}
+
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators.
+_CONTROL_RE: Final = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED_ESCAPES: Final = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character written as an escape (``\\n``, ``\\x1b``...)."""
+
+    def one(match: re.Match[str]) -> str:
+        char = match.group()
+        named = _NAMED_ESCAPES.get(char)
+        if named is not None:
+            return named
+        code = ord(char)
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+    return _CONTROL_RE.sub(one, text)
+
+
+def _field_name(key: str) -> str | None:
+    """The journal field name for a record attribute ``key``, or None when it is none."""
+    if key in _RECORD_ATTRIBUTES or key.startswith("_"):
+        return None
+    name = re.sub(r"[^A-Z0-9_]", "_", key.upper())
+    if not _FIELD_RE.fullmatch(name) or name in _RESERVED_FIELDS:
+        return None
+    return name
 
 try:  # the optional "systemd" extra
     import systemd.daemon as _sd_daemon
@@ -246,22 +288,49 @@ def parse_level(level: str) -> int:
 
 
 def record_fields(record: logging.LogRecord) -> dict[str, str]:
-    """The structured fields on ``record``: its upper-case attributes that are journal names."""
-    found = {
-        key: str(value)
-        for key, value in vars(record).items()
-        if value is not None and key not in _RESERVED_FIELDS and _FIELD_RE.fullmatch(key)
-    }
+    """The structured fields on ``record``: whatever came with ``extra=``, under its journal name
+    (``dc`` as ``DC``), values with control characters escaped. An upper-case key wins over a
+    lower-case one with the same journal name."""
+    return {name: escape_controls(value) for name, value in _raw_fields(record).items()}
+
+
+def _raw_fields(record: logging.LogRecord) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for key, value in vars(record).items():
+        name = _field_name(key)
+        if name is None or value is None or (name in found and key != name):
+            continue
+        found[name] = str(value)
     order = {name: i for i, name in enumerate(FIELD_NAMES)}
     return dict(sorted(found.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
 
 
-class KeyValueFormatter(logging.Formatter):
+class EscapingFormatter(logging.Formatter):
+    """A Formatter whose message has no raw control characters and whose traceback lines are
+    indented, so a record can never look like more than one record."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # Formatter.format has just set record.message from getMessage(); escape that copy.
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        first, sep, rest = text.partition("\n")
+        if not sep:
+            return text
+        lines = [escape_controls(line) for line in rest.split("\n")]
+        return first + "\n" + "\n".join(
+            line if line[:1] in (" ", "") else "    " + line for line in lines
+        )
+
+
+class KeyValueFormatter(EscapingFormatter):
     """The stderr format: the usual line followed by each structured field as ``KEY=value``."""
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        fields = record_fields(record)
+        fields = _raw_fields(record)
         if not fields:
             return line
         pairs = " ".join(f"{key}={_quote(value)}" for key, value in fields.items())
@@ -271,9 +340,11 @@ class KeyValueFormatter(logging.Formatter):
 
 
 def _quote(value: str) -> str:
-    if value and not any(c.isspace() or c in '"=' for c in value):
+    """``value`` bare when it can be, else in double quotes with ``\\``, ``"`` and control
+    characters escaped: a value can neither end its field early nor start a line."""
+    if value and not any(c.isspace() or c in '"=\\' or _CONTROL_RE.match(c) for c in value):
         return value
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return '"' + escape_controls(value.replace("\\", "\\\\").replace('"', '\\"')) + '"'
 
 
 class FieldsAdapter(logging.LoggerAdapter[logging.Logger]):
@@ -318,14 +389,23 @@ def _journal_stream_is_stderr(environ: Mapping[str, str], stream: TextIO) -> boo
 
 
 def _journal_fields_only(send: Callable[..., object]) -> Callable[..., object]:
-    """Wrap journal.send so only valid field names travel.
+    """Wrap journal.send so only fields travel, under journal names, values escaped.
 
-    JournalHandler passes every attribute of the record (``msg``, ``args``, ``exc_info``...);
-    journald would drop the lower-case ones on arrival, so they are not sent at all.
+    JournalHandler passes every attribute of the record (``msg``, ``args``, ``exc_info``...) and
+    its own upper-case fields; journald would drop lower-case names on arrival, so the record's
+    own attributes are not sent and ``extra=`` keys are renamed (``dc`` to ``DC``).
     """
 
     def sender(MESSAGE: str, **fields: object) -> object:  # journal.send names it so
-        return send(MESSAGE, **{k: v for k, v in fields.items() if _FIELD_RE.fullmatch(k)})
+        out: dict[str, object] = {}
+        for key, value in fields.items():
+            if _FIELD_RE.fullmatch(key):
+                out[key] = escape_controls(value) if isinstance(value, str) else value
+                continue
+            name = _field_name(key)
+            if name is not None and name not in fields and value is not None:
+                out[name] = escape_controls(str(value))
+        return send(MESSAGE, **out)
 
     return sender
 
@@ -364,7 +444,7 @@ def configure_logging(
             SYSLOG_IDENTIFIER=SYSLOG_IDENTIFIER,
         )
         # The journal stores time, priority and identifier itself; MESSAGE is just the text.
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setFormatter(EscapingFormatter("%(message)s"))
     else:
         handler = logging.StreamHandler(out)
         handler.setFormatter(KeyValueFormatter(STDERR_FORMAT))

@@ -565,3 +565,49 @@ def test_an_unreadable_daemon_wide_secret_shows_in_health_until_it_appears(
                 time.sleep(0.2)
         lease = daemon.add(samba_dc.gmsas[0]).lease_id
         assert _lease_user(daemon, lease) == f"{samba_dc.user}@{samba_dc.realm}".lower()
+
+
+def test_a_secret_with_a_wrong_password_breaks_no_lease(
+    samba_dc: TestDC, moto: Moto, tmp_path: Path
+) -> None:
+    """The secret behind CF_AWS_SM_SECRET_NAME is changed to a wrong password: its leases keep
+    the identity that works (proved first, issue 15), and once the secret is fixed they move."""
+    name = "gmsa-reader-mistyped"
+    sm = moto.client("secretsmanager")
+    good = {"username": samba_dc.user, "password": samba_dc.user_password,
+            "domainName": samba_dc.domain}
+    sm.create_secret(Name=name, SecretString=json.dumps(good))
+    env = secret_daemon_env(moto, tmp_path, name)
+    with running_daemon(
+        samba_dc, tmp_path / "d", CF_AWS_SM_REFRESH="1", CF_TICKET_LIFETIME="20",
+        CF_RENEW_LIFETIME="3600", **env,
+    ) as daemon:
+        gmsa = samba_dc.gmsas[2]
+        lease = daemon.add(gmsa).lease_id
+        ccache = daemon.krb_dir / lease / gmsa / "krb5cc"
+
+        wrong = dict(good, password="Not-The-Password-1")
+        sm.put_secret_value(SecretId=name, SecretString=json.dumps(wrong))
+        deadline = time.monotonic() + 30
+        while "cannot be used" not in daemon.log():
+            assert time.monotonic() < deadline, daemon.log()[-2000:]
+            time.sleep(0.2)
+        before = read_ticket_info(ccache)
+        assert before is not None
+        time.sleep(15)  # 20 s tickets: at least one renewal, with the identity that works
+        after = read_ticket_info(ccache)
+        assert after is not None
+        assert after.endtime > before.endtime, daemon.log()[-2000:]
+        with daemon.client() as stub:
+            [view] = stub.ListLeases(pb.ListLeasesRequest(), timeout=10).leases
+        assert view.state == "active", view
+
+        fixed = {"username": samba_dc.user2, "password": samba_dc.user2_password,
+                 "domainName": samba_dc.domain}
+        sm.put_secret_value(SecretId=name, SecretString=json.dumps(fixed))
+        rotated = f"{samba_dc.user2}@{samba_dc.realm}".lower()
+        deadline = time.monotonic() + 30
+        while _lease_user(daemon, lease) != rotated:
+            assert time.monotonic() < deadline, daemon.log()[-2000:]
+            time.sleep(0.2)
+        assert "Not-The-Password-1" not in daemon.log()

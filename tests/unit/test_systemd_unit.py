@@ -119,6 +119,8 @@ def test_service_contract() -> None:
     assert set(settings["RestrictAddressFamilies"].split()) == {"AF_UNIX", "AF_INET", "AF_INET6"}
     assert settings["ReadWritePaths"] == "/var/credentials-fetcher"
     assert "CAP_CHOWN" in settings["CapabilityBoundingSet"].split()
+    # The heap holds secrets: a watchdog SIGABRT must not write them to a core file.
+    assert settings["LimitCORE"] == "0"
     # The graceful stop (10 s) fits before systemd escalates to SIGKILL.
     assert int(settings["TimeoutStopSec"].removesuffix("s")) > 10
 
