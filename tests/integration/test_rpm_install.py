@@ -71,6 +71,9 @@ def test_nothing_outside_the_tree_is_imported(root: Path) -> None:
     assert launcher.read_text().splitlines()[0] == f"#!{PYTHON} -IS"
     # The launcher's own sys.path set-up, then the probe, in one interpreter run like the daemon.
     setup = launcher.read_text().split("from credfetcher.daemon import main")[0]
+    tree = root / "usr/lib64/credfetcher"
+    # Under ProtectSystem=strict the tree is read-only: the shipped bytecode must be used as is.
+    pycs = {p: p.stat().st_mtime_ns for p in tree.rglob("*.pyc")}
     proc = subprocess.run(
         [PYTHON, "-I", "-S", "-c", setup.replace("__file__", repr(str(launcher))) + PROBE],
         capture_output=True,
@@ -82,7 +85,7 @@ def test_nothing_outside_the_tree_is_imported(root: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["flags"] == [1, 1]
-    tree = root / "usr/lib64/credfetcher"
+    assert {p: p.stat().st_mtime_ns for p in tree.rglob("*.pyc")} == pycs
     stdlib = Path(sysconfig.get_path("stdlib", vars={"installed_base": "/usr", "base": "/usr"}))
 
     def inside(path: str) -> bool:
