@@ -31,6 +31,7 @@ from credfetcher import __version__
 from credfetcher._proto import credentialsfetcher_pb2 as pb
 from credfetcher._proto import credentialsfetcher_pb2_grpc as pb_grpc
 from credfetcher.config import SETTINGS, Config, describe, load_config, parse_metrics_address
+from credfetcher.directory import check_ldap_transport
 from credfetcher.errors import ConfigError, CredfetcherError
 from credfetcher.exporter import MetricsServer
 from credfetcher.server import Server
@@ -231,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     flags = {s.name: getattr(args, s.name) for s in SETTINGS}
     try:
         config = load_config(flags, config_file=args.config)
+        # A transport this ldap3 cannot provide is a configuration error, not a failed request.
+        check_ldap_transport(config.ldap_transport, config.domain_controllers)
     except ConfigError as exc:
         print(f"credfetcherd: invalid configuration: {exc.message}", file=sys.stderr)
         return 2

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import logging
 import math
 import ssl
@@ -71,11 +72,13 @@ from credfetcher.identity import CredentialCache, Identity
 from credfetcher.names import Transport
 
 __all__ = [
+    "LDAP3_CAN_SEAL",
     "DirectoryClient",
     "DirectoryConfig",
     "GmsaRecord",
     "Transport",
     "base_dn_for_domain",
+    "check_ldap_transport",
     "gmsa_filter",
     "normalize_gmsa_name",
     "tls_server_end_point",
@@ -108,6 +111,41 @@ _DOWN_FOR = 30.0
 _DISCOVERY_TTL = 300.0
 # Pooled connections idle this long are closed (AD itself drops idle LDAP after 900 s).
 _IDLE_CLOSE = 600.0
+
+
+# Sealed LDAP on 389 needs ldap3's GSSAPI wrapping (``session_security=ENCRYPT``, 2.10.2rc1 and
+# later); ldap3 2.9.1, which distributions ship, has neither. LDAPS does not use it.
+LDAP3_CAN_SEAL: bool = hasattr(ldap3, "ENCRYPT") and (
+    "session_security" in inspect.signature(ldap3.Connection.__init__).parameters
+)
+
+
+def check_ldap_transport(
+    transport: Transport, domain_controllers: Sequence[DomainController] = ()
+) -> None:
+    """Raise ConfigError at start-up when the settings need sealing that this ldap3 lacks.
+
+    ``auto`` alone does not: without sealing it uses LDAPS only (:class:`DirectoryClient` warns).
+    """
+    if LDAP3_CAN_SEAL:
+        return
+    sealed = [
+        dc.label
+        for dc in domain_controllers
+        if dc.scheme == "ldap"
+        or (dc.scheme is None and dc.port not in (None, LDAPS_PORT) and transport is Transport.AUTO)
+    ]
+    if transport is not Transport.LDAP_SEAL and not sealed:
+        return
+    what = (f"the domain controllers {', '.join(sealed)} (ldap:// or a port other than 636)"
+            if sealed else "CF_LDAP_TRANSPORT=ldap-seal")
+    raise errors.ConfigError(
+        f"{what} need sealed LDAP (SASL GSSAPI confidentiality on 389), which ldap3 "
+        f"{getattr(ldap3, '__version__', '?')} cannot do: it lacks session_security=ENCRYPT "
+        "(ldap3 2.10.2rc4 has it). Use LDAPS (CF_LDAP_TRANSPORT=ldaps or auto, DCs as host "
+        "names or ldaps:// URLs) or install ldap3==2.10.2rc4.",
+        setting="ldap_transport",
+    )
 
 
 def base_dn_for_domain(domain: str) -> str:
@@ -438,6 +476,12 @@ class DirectoryClient:
         self._binds = 0
         self._searches = 0
         self._closed = False
+        check_ldap_transport(config.transport, config.domain_controllers)
+        self._can_seal = LDAP3_CAN_SEAL
+        if not self._can_seal:
+            log.warning("ldap3 %s cannot seal LDAP on 389 (no session_security=ENCRYPT): "
+                        "reading gMSA passwords over LDAPS only",
+                        getattr(ldap3, "__version__", "?"))
         if not config.tls_verify:
             log.warning(
                 "TLS certificate verification of domain controllers is OFF (tls_verify=false): "
@@ -611,7 +655,7 @@ class DirectoryClient:
             return [tls(dc.port)] if dc.port == LDAPS_PORT else [seal(dc.port)]
         with self._lock:
             seal_refused = dc in self._no_seal
-        return [tls(None)] if seal_refused else [seal(None), tls(None)]
+        return [tls(None)] if seal_refused or not self._can_seal else [seal(None), tls(None)]
 
     # -- one endpoint ---------------------------------------------------------------------
 
@@ -643,8 +687,11 @@ class DirectoryClient:
 
     def _connect(self, endpoint: _Endpoint, identity: Identity) -> Any:
         """Open and bind a new connection; raises _AttemptFailed or an identity error."""
-        creds = self._creds.acquire(identity)  # BindError/KerberosError: not the DC's fault
         use_tls = endpoint.transport is Transport.LDAPS
+        if not use_tls and not self._can_seal:  # e.g. a discovered DC on a non-standard port
+            raise _AttemptFailed("sealed LDAP needs ldap3 2.10.2rc4 (this ldap3 lacks "
+                                 "session_security=ENCRYPT)", layer=True)
+        creds = self._creds.acquire(identity)  # BindError/KerberosError: not the DC's fault
         tls = None
         if use_tls:
             tls = ldap3.Tls(
@@ -664,7 +711,6 @@ class DirectoryClient:
             server,
             authentication=ldap3.SASL,
             sasl_mechanism=ldap3.KERBEROS,
-            session_security=None if use_tls else ldap3.ENCRYPT,
             # ldap3 also packs this into SO_RCVTIMEO as whole seconds (struct "LL"), so it must
             # be an int; Python's own socket timeout (the one that counts) gets the same value.
             receive_timeout=max(1, math.ceil(self.config.timeout)),
@@ -672,6 +718,8 @@ class DirectoryClient:
             raise_exceptions=False,
             read_only=True,
             return_empty_attributes=False,
+            # Only sealing needs this argument: LDAPS works with an ldap3 that lacks it (2.9.1).
+            **({} if use_tls else {"session_security": ldap3.ENCRYPT}),
         )
         conn.credfetcher_creds = creds
         conn.credfetcher_seal = not use_tls

@@ -12,9 +12,10 @@ PY=${PYTHON:-python3}
 [ "$(id -u)" = 0 ] || { echo "bootstrap: run as root (installs packages, provisions a test DC)" >&2; exit 1; }
 
 docker/samba-ad/samba-ad.sh deps
-# rpm/rpmlint/cpio and the system Python's pip/setuptools/wheel: packaging/rpm/build.sh and its test.
-build_pkgs=(libkrb5-dev libsystemd-dev pkg-config gcc systemd rpm rpmlint cpio util-linux
-    python3-pip python3-setuptools python3-wheel python3-packaging)
+# rpm/rpmlint/cpio, binutils (readelf) and the system Python 3.11 with its headers, pip and venv:
+# packaging/rpm/build.sh compiles the RPM's private tree with /usr/bin/python3.11, and its tests.
+build_pkgs=(libkrb5-dev libsystemd-dev pkg-config gcc binutils systemd rpm rpmlint cpio util-linux
+    python3-dev python3-venv python3-pip python3-setuptools python3-wheel python3-packaging)
 missing=()
 for p in "${build_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
