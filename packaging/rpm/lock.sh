@@ -8,7 +8,7 @@
 set -euo pipefail
 wheels=(grpcio==1.85.3 grpcio-health-checking==1.85.1 grpcio-reflection==1.85.1 protobuf==7.36.2
     decorator==5.3.1 ldap3==2.10.2rc4 pyasn1==0.6.5 dnspython==2.9.2 pycryptodomex==3.24.2
-    typing-extensions==4.16.0)
+    typing-extensions==4.16.0 prometheus-client==0.26.0)
 sdists=(gssapi==1.12.0 krb5==0.10.0 systemd-python==235)
 py=${PYTHON:-/usr/bin/python3.11}
 dl=$(mktemp -d)
@@ -21,7 +21,7 @@ for arch in x86_64 aarch64; do
 done
 "$py" -m pip download -q --disable-pip-version-check --no-deps --no-binary=:all: \
     -d "$dl/sdist" "${sdists[@]}" >&2
-sed -n '1,/^# Regenerate/p' "$(dirname "$0")/requirements.lock"
+sed -n '1,/Regenerate with/p' "$(dirname "$0")/requirements.lock"
 "$py" - "$dl" <<'PY'
 import collections, hashlib, pathlib, re, sys
 files = collections.defaultdict(list)
