@@ -88,7 +88,9 @@ class Write:
 def writes(monkeypatch: pytest.MonkeyPatch) -> list[Write]:
     recorded: list[Write] = []
 
-    def store(tgt: tickets.Tgt, path: Path, ownership: Ownership) -> tickets.TicketInfo:
+    def store(
+        tgt: tickets.Tgt, path: Path, ownership: Ownership, *, root: Path | None = None
+    ) -> tickets.TicketInfo:
         recorded.append(Write(path, tgt.info.endtime, ownership))
         return tgt.info
 
