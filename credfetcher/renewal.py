@@ -443,6 +443,7 @@ class RenewalScheduler:
             if not self._registered(tk):
                 return None  # the lease was deleted meanwhile (delete holds this lock)
             problems: list[str] = []
+            retry = False  # True: a file is not written; False: at most a tampering report
             try:
                 tickets.store_tgt(tgt, target.ccache, target.ownership, root=self.krb_dir)
                 stored = True
@@ -450,7 +451,7 @@ class RenewalScheduler:
                 stored = True  # written, but something else sat at its name: reported
                 problems.append(exc.message)
             except StorageError as exc:
-                stored = False
+                stored, retry = False, True
                 problems.append(exc.message)
             if stored:
                 with self._lock:
@@ -465,10 +466,13 @@ class RenewalScheduler:
                     write_keytab(
                         target.keytab, tgt.principal, keys, target.ownership, root=self.krb_dir
                     )
+                except TamperedError as exc:
+                    problems.append(exc.message)
                 except StorageError as exc:
+                    retry = True
                     problems.append(exc.message)
             message = "; ".join(problems) or None
-            self._record_write(tk, message)
+            self._record_write(tk, message, retry=retry)
         if message is not None:
             log.warning(
                 "cannot refresh %s: %s",
@@ -482,8 +486,13 @@ class RenewalScheduler:
         with self._lock:
             return any(tk in g.targets for g in self._groups.values())
 
-    def _record_write(self, tk: tuple[str, str], message: str | None) -> None:
-        """A clean write clears the target's failure; a failed one backs off on its own."""
+    def _record_write(self, tk: tuple[str, str], message: str | None, *, retry: bool) -> None:
+        """A clean write clears the target's failure; a failed one backs off on its own.
+
+        Without ``retry`` (every file was written, but something planted at a name was
+        replaced) the report stays until the group's next renewal writes the files again:
+        long enough for ListLeases to show it, and there is nothing to repair before then.
+        """
         with self._lock:
             if message is None:
                 self._write_failures.pop(tk, None)
@@ -495,7 +504,9 @@ class RenewalScheduler:
             failure.failures += 1
             failure.error = message
             delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (failure.failures - 1))
-            failure.next_attempt = now + delay * (0.5 + 0.5 * self.rng())
+            failure.next_attempt = (
+                now + delay * (0.5 + 0.5 * self.rng()) if retry else float("inf")
+            )
 
     def _retry_writes(self) -> None:
         """Write the group's current TGT again into every target whose write failed and is due."""
@@ -516,7 +527,9 @@ class RenewalScheduler:
                 # Like _renew_guarded: one target's bug must not end the pass for the others.
                 log.exception("rewriting %s failed unexpectedly", target.ccache)
                 self._record_write(
-                    (target.lease_id, target.gmsa), f"unexpected {type(exc).__name__}: {exc}"
+                    (target.lease_id, target.gmsa),
+                    f"unexpected {type(exc).__name__}: {exc}",
+                    retry=True,
                 )
 
     def _collect_orphans(self) -> None:
