@@ -426,9 +426,10 @@ def _read_checked(fd: int, path: Path, owner: int | None, max_size: int) -> byte
     return data
 
 
-def regular_file_exists(path: Path, *, root: Path | None = None) -> bool:
-    """Whether a regular file sits at ``path`` (lstat through checked directories; never opens
-    it). Anything else there, or an unreachable directory, counts as missing."""
+def regular_file_exists(path: Path, *, root: Path | None = None, owner: int | None = None) -> bool:
+    """Whether a file the daemon could have made sits at ``path``: regular, one link, a sane
+    size, owned by ``owner`` when given (lstat through checked directories; never opens it).
+    Anything else there, or an unreachable directory, counts as missing."""
     top = path.parent if root is None else root
     try:
         parts, name = _relative_parts(top, path)
@@ -436,7 +437,8 @@ def regular_file_exists(path: Path, *, root: Path | None = None) -> bool:
     except (OSError, StorageError):
         return False
     try:
-        return stat.S_ISREG(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        return describe(st, owner=owner) is None
     except OSError:
         return False
     finally:

@@ -459,7 +459,9 @@ class RenewalScheduler:
             if target.keytab is not None and (
                 write_keytab_now
                 or tk in self._write_failures
-                or not regular_file_exists(target.keytab, root=self.krb_dir)
+                or not regular_file_exists(
+                    target.keytab, root=self.krb_dir, owner=target.ownership.expected_uid
+                )
             ):
                 try:
                     keys = account.keytab_keys(material, rc4=self.rc4)
