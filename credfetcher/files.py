@@ -349,6 +349,15 @@ def atomic_target(
         ) from exc
     try:
         yield private / tmp_name
+    except StorageError as exc:
+        with contextlib.suppress(OSError):
+            (private / tmp_name).unlink()
+        # Libraries report a full disk vaguely (MIT: "Credentials cache I/O operation
+        # failed"): say what the filesystem says, the operator's first question.
+        full = _full_filesystem(top)
+        if full is None:
+            raise
+        raise StorageError(f"{exc.message} ({full})", path=exc.path) from exc
     except BaseException:
         with contextlib.suppress(OSError):
             (private / tmp_name).unlink()
@@ -356,6 +365,18 @@ def atomic_target(
 
     # The library wrote tmp_name; _install checks, finishes and moves it (or removes it).
     _install(path, ownership, top, lambda _fd, _name: None, tmp_name)
+
+
+def _full_filesystem(root: Path) -> str | None:
+    try:
+        st = os.statvfs(root)
+    except OSError:
+        return None
+    if st.f_bavail == 0:
+        return f"No space left on device: the filesystem of {root} is full"
+    if st.f_files and st.f_favail == 0:
+        return f"No space left on device: the filesystem of {root} has no free inodes"
+    return None
 
 
 def read_regular(
