@@ -153,6 +153,12 @@ class LeaseService:
         self._sm: SecretIdentity | None = None
         self._sm_read_at = 0.0
         self._sm_error = ""
+        if config.ccache_mode & 0o004:
+            log.warning(
+                "CF_CCACHE_MODE 0%o: every lease's ccache and keytab are readable by every user "
+                "on this host (allowed by CF_ALLOW_WORLD_READABLE)",
+                config.ccache_mode,
+            )
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -209,6 +215,17 @@ class LeaseService:
         for name, value in (("uid", uid), ("gid", gid)):
             if value is not None and not 0 <= value < 2**32 - 1:
                 raise InvalidRequestError(f"ownership {name} {value} is out of range")
+        if mode is not None and mode & 0o004:
+            if not self.config.allow_world_readable:
+                raise InvalidRequestError(
+                    f"ownership mode {mode:#o} would let every user on the host read the "
+                    "credentials; the daemon allows that only with CF_ALLOW_WORLD_READABLE=true"
+                )
+            log.warning(
+                "a lease asks for mode %#o: its ccache is readable by every user on this host "
+                "(allowed by CF_ALLOW_WORLD_READABLE)",
+                mode,
+            )
         return Ownership(
             uid=default.uid if uid is None else uid,
             gid=default.gid if gid is None else gid,
