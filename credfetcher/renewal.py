@@ -105,6 +105,7 @@ class WriteFailure:
     since: float
     failures: int = 0
     next_attempt: float = 0.0
+    retry: bool = True  # False: every file was written; only a tampering report remains
 
 
 @dataclass(frozen=True)
@@ -270,12 +271,15 @@ class RenewalScheduler:
             return self._ticket_times.get((lease_id, gmsa))
 
     def all_writes_failing(self) -> str | None:
-        """The first write error when every target's last write failed (and there is one)."""
+        """The first write error when no target's files could be written at its last attempt
+        (and there is one). A tampering report alone (the file was written) does not count."""
         with self._lock:
             targets = [tk for g in self._groups.values() for tk in g.targets]
-            if not targets or any(tk not in self._write_failures for tk in targets):
+            failures = [self._write_failures.get(tk) for tk in targets]
+            if not failures or any(f is None or not f.retry for f in failures):
                 return None
-            return self._write_failures[targets[0]].error
+            first = failures[0]
+            return first.error if first is not None else None
 
     def lease_count(self) -> int:
         with self._lock:
@@ -505,6 +509,7 @@ class RenewalScheduler:
             failure = self._write_failures.setdefault(tk, WriteFailure(message, since=now))
             failure.failures += 1
             failure.error = message
+            failure.retry = retry
             delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (failure.failures - 1))
             failure.next_attempt = (
                 now + delay * (0.5 + 0.5 * self.rng()) if retry else float("inf")
