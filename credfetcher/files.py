@@ -52,6 +52,7 @@ __all__ = [
     "atomic_write_bytes",
     "clean_private_dir",
     "describe",
+    "ensure_mode",
     "open_dir",
     "read_regular",
     "regular_file_exists",
@@ -464,6 +465,35 @@ def regular_file_exists(path: Path, *, root: Path | None = None, owner: int | No
         return False
     finally:
         os.close(dir_fd)
+
+
+def ensure_mode(path: Path, mode: int, *, root: Path | None = None) -> bool:
+    """Give ``path`` (a directory or regular file the daemon owns) ``mode`` if it has another;
+    return whether it changed. Opened like :func:`read_regular` (never followed, never waited
+    on); anything else there is left alone. For files and directories made by older versions."""
+    top = path.parent if root is None else root
+    parts, name = _relative_parts(top, path)
+    try:
+        dir_fd = open_dir(top, parts)
+    except (OSError, StorageError):
+        return False
+    try:
+        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+    except OSError:
+        return False
+    finally:
+        os.close(dir_fd)
+    try:
+        st = os.fstat(fd)
+        mine = st.st_uid == os.geteuid() and (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode))
+        if not mine or stat.S_IMODE(st.st_mode) == mode:
+            return False
+        os.fchmod(fd, mode)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def _strictly_inside(root: Path, candidate: Path) -> bool:

@@ -44,6 +44,7 @@ from credfetcher.files import (
     TamperedError,
     atomic_write_bytes,
     clean_private_dir,
+    ensure_mode,
     open_dir,
     read_regular,
     remove_tree_inside,
@@ -273,10 +274,22 @@ class LeaseStore:
                 log.warning("removing %s: not a readable lease (%s)", entry, exc.message)
                 _remove(self.krb_dir, entry)
                 continue
+            self._tighten(record)
             for gmsa in record.entries:
                 self._remove_old_temps(name, _checked_dir_name(gmsa))
             records.append(record)
         return records
+
+    def _tighten(self, record: LeaseRecord) -> None:
+        """Older versions made lease directories 0755 and metadata 0644 (any host user could
+        list leases and read domainless users, DNs, secret ARNs): give them today's modes."""
+        root = self.krb_dir
+        changed = ensure_mode(self.lease_dir(record.lease_id), DIR_MODE, root=root)
+        changed |= ensure_mode(self.metadata_path(record.lease_id), METADATA_MODE, root=root)
+        for entry in record.entries:
+            changed |= ensure_mode(self.entry_dir(record.lease_id, entry), DIR_MODE, root=root)
+        if changed:
+            log.info("lease %s: directories set to 0711 and metadata to 0600", record.lease_id)
 
     def _remove_old_temps(self, lease_id: str, dir_name: str) -> None:
         """Remove temp files that versions before the private directory left in a gMSA

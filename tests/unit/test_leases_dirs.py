@@ -65,3 +65,25 @@ def test_private_directory_is_not_a_lease(tmp_path: Path) -> None:
     assert private.is_dir()
     assert list(private.iterdir()) == []
     assert list(store.iter_lease_ids()) == []
+
+
+def test_recovery_tightens_what_older_versions_made(tmp_path: Path) -> None:
+    store = LeaseStore(tmp_path / "krbdir")
+    store.prepare()
+    lease_id = new_lease_id()
+    staging = store.stage(lease_id)
+    entry = GmsaEntry("webapp01", "example.com", "CN=webapp01", "{}")
+    store.staged_entry_dir(staging, entry)
+    store.commit(staging, LeaseRecord(lease_id=lease_id, entries=(entry,)))
+    for path, old in (
+        (store.lease_dir(lease_id), 0o755),
+        (store.gmsa_dir(lease_id, "webapp01"), 0o755),
+        (store.metadata_path(lease_id), 0o644),
+    ):
+        path.chmod(old)
+
+    assert [r.lease_id for r in store.recover()] == [lease_id]
+
+    assert _mode(store.lease_dir(lease_id)) == 0o711
+    assert _mode(store.gmsa_dir(lease_id, "webapp01")) == 0o711
+    assert _mode(store.metadata_path(lease_id)) == 0o600
