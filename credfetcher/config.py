@@ -70,6 +70,7 @@ class Config:
     ccache_owner: int | None = None
     ccache_group: int | None = None
     ccache_mode: int = 0o600
+    allow_world_readable: bool = False
     write_keytab: bool = False
     enable_rc4: bool = False
     ticket_lifetime: int = 10 * 3600
@@ -335,6 +336,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ccache_owner", "CF_CCACHE_OWNER", _uid, "user owning each krb5cc (name or uid)"),
     Setting("ccache_group", "CF_CCACHE_GROUP", _gid, "group owning each krb5cc (name or gid)"),
     Setting("ccache_mode", "CF_CCACHE_MODE", _mode, "octal mode of each krb5cc, e.g. 0640"),
+    Setting(
+        "allow_world_readable",
+        "CF_ALLOW_WORLD_READABLE",
+        _bool,
+        "allow ccache/keytab modes readable by every host user (e.g. 0644); logged when used",
+    ),
     Setting("write_keytab", "CF_WRITE_KEYTAB", _bool, "also write krb5.keytab beside krb5cc"),
     Setting("enable_rc4", "CF_ENABLE_RC4", _bool, "add deprecated RC4-HMAC keys to keytabs"),
     Setting("ticket_lifetime", "CF_TICKET_LIFETIME", _positive_int, "requested TGT lifetime (s)"),
@@ -442,11 +449,21 @@ def load_config(
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{source}: {exc}", setting=setting.env) from exc
     config = Config(**values, config_file=path)
+    _check_world_readable(config)
     if config.renew_lifetime < config.ticket_lifetime:
         raise ConfigError(
             "CF_RENEW_LIFETIME must be at least CF_TICKET_LIFETIME", setting="CF_RENEW_LIFETIME"
         )
     return config
+
+
+def _check_world_readable(config: Config) -> None:
+    if config.ccache_mode & 0o004 and not config.allow_world_readable:
+        raise ConfigError(
+            f"CF_CCACHE_MODE 0{config.ccache_mode:o} would let every user on the host read the "
+            "credentials; set CF_ALLOW_WORLD_READABLE=true to allow it",
+            setting="CF_CCACHE_MODE",
+        )
 
 
 def describe(config: Config) -> list[tuple[str, str, str]]:

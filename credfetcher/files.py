@@ -1,14 +1,28 @@
 """The one filesystem module for secret files: ccaches, keytabs, lease metadata.
 
-Every secret file credfetcher writes goes through here, so the rules hold everywhere (the certbot
-model): the new content goes to a temp file in the *same directory* as the final file, created with
-``O_CREAT | O_EXCL | O_NOFOLLOW`` and its final mode from the first instant, flushed with ``fsync``,
-then ``os.replace``d over the old file and the directory fsynced. Readers (and containers that see
-the directory through a bind mount) therefore see either the old file or the new one, never a
-half-written one; a crash leaves at most a ``TEMP_PREFIX`` leftover that crash recovery deletes.
+Every file credfetcher writes or reads back under krbdir goes through here, so the rules hold
+everywhere. A lease's directory is handed to a container, which may be able to write it (a
+``docker -v`` without ``:ro``, a hostPath volume, a root app): whatever sits there is hostile.
 
-Temp files never leave the final file's directory: a secret is never written anywhere else, not
-even briefly, and ``os.replace`` stays a same-filesystem rename.
+Writing (:func:`atomic_write_bytes`, :func:`atomic_target`): the new content is produced -- by us
+or by libkrb5 -- in the *private staging directory* ``<root>/.cf-private`` (:data:`PRIVATE_DIR`:
+root-owned, 0700, on krbdir's filesystem and never inside a lease, so never mounted into a
+container). There it gets its final mode and then its owner (in that order: ``fchmod`` needs no
+capability while the daemon still owns the file, so the daemon writes only files it owns, as the
+unit's bare ``CAP_CHOWN`` requires), is ``fsync``ed, and is then moved over the final name with
+``renameat`` relative to the destination directory's fd. The directories from ``root`` down are
+each opened with ``openat(O_DIRECTORY | O_NOFOLLOW)``, so a symlinked directory is refused, never
+followed. ``rename(2)`` never opens, follows or truncates what it replaces: a symlink, FIFO,
+socket, hard link or huge file at the final name is replaced as a name, and reported afterwards
+(:class:`TamperedError`); a directory there cannot be replaced and is reported
+(:class:`StorageError`). Readers (and containers behind a bind mount) see the old file or the new
+one, never a half-written one; a crash leaves at most a leftover in the private directory, which
+start-up removes (:func:`clean_private_dir`).
+
+Reading (:func:`read_regular`): the file is opened ``O_NOFOLLOW | O_NONBLOCK`` relative to its
+checked directory fd, and used only after ``fstat`` says it is a regular file with one link, a
+sane size and the expected owner; then read into memory. Nothing under a lease directory is ever
+opened by name by a library.
 
 Every ``OSError`` becomes :class:`credfetcher.errors.StorageError` carrying the path.
 """
@@ -16,30 +30,58 @@ Every ``OSError`` becomes :class:`credfetcher.errors.StorageError` carrying the 
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
 import secrets
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from credfetcher.errors import StorageError
 
 __all__ = [
+    "MAX_FILE_SIZE",
+    "PRIVATE_DIR",
     "TEMP_PREFIX",
     "Ownership",
+    "TamperedError",
     "atomic_target",
     "atomic_write_bytes",
+    "clean_private_dir",
+    "describe",
+    "ensure_mode",
+    "open_dir",
+    "read_regular",
+    "regular_file_exists",
     "remove_tree_inside",
 ]
 
+log = logging.getLogger(__name__)
+
 #: Prefix of every temp file this module creates; crash recovery deletes leftovers that carry it.
 TEMP_PREFIX = ".cf-tmp-"
+#: The private staging directory, directly under the root (krbdir): 0700, root only.
+PRIVATE_DIR = ".cf-private"
+#: Larger than anything credfetcher writes (a ccache or keytab is a few KiB): a bigger file at a
+#: lease's file name was not made by the daemon and is never read.
+MAX_FILE_SIZE = 1 << 20
 
-# O_NOFOLLOW: never write through a symlink someone planted at the temp name (O_EXCL already
-# refuses an existing name, symlink or not; O_NOFOLLOW documents the intent and covers re-opens).
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: opening a FIFO someone planted returns at once instead of waiting for a writer.
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class TamperedError(StorageError):
+    """The file was written and installed, but something the daemon did not make sat at its name
+    (``found`` says what) and was replaced; the lease's directory has been tampered with."""
+
+    def __init__(self, message: str, *, path: str, found: str) -> None:
+        super().__init__(message, path=path)
+        self.found = found
 
 
 @dataclass(frozen=True)
@@ -50,14 +92,138 @@ class Ownership:
     gid: int | None = None
     mode: int = 0o600
 
+    @property
+    def expected_uid(self) -> int:
+        """The owner a file written with this ownership has."""
+        return os.geteuid() if self.uid is None else self.uid
 
-def _temp_path(path: Path) -> Path:
-    # Random suffix: concurrent writers of the same target never collide on the temp name.
-    return path.with_name(f"{TEMP_PREFIX}{path.name}.{secrets.token_hex(8)}")
+
+def describe(st: os.stat_result, *, owner: int | None = None) -> str | None:
+    """What an lstat result shows, when it is not a plain file the daemon could have made."""
+    mode = st.st_mode
+    kinds = (
+        (stat.S_ISLNK, "a symlink"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    )
+    for test, text in kinds:
+        if test(mode):
+            return text
+    if not stat.S_ISREG(mode):
+        return f"a file of type {stat.S_IFMT(mode):o}"
+    # 0 links: the file was renamed over after we opened it (a concurrent write), still ours.
+    if st.st_nlink > 1:
+        return f"a hard link (a file with {st.st_nlink} names)"
+    if st.st_size > MAX_FILE_SIZE:
+        return f"a {st.st_size}-byte file"
+    if owner is not None and st.st_uid != owner:
+        return f"a file owned by uid {st.st_uid} (expected {owner})"
+    return None
+
+
+def _relative_parts(root: Path, path: Path) -> tuple[list[str], str]:
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError as exc:
+        raise StorageError(f"{path} is not inside {root}", path=str(path)) from exc
+    if not parts or any(p in ("", ".", "..") for p in parts):
+        raise StorageError(f"{path} is not a file name inside {root}", path=str(path))
+    return list(parts[:-1]), parts[-1]
+
+
+def _describe_at(dir_fd: int, name: str) -> str:
+    try:
+        return describe(os.stat(name, dir_fd=dir_fd, follow_symlinks=False)) or "a file"
+    except OSError:
+        return "something that vanished"
+
+
+def open_dir(root: Path, parts: list[str] | tuple[str, ...]) -> int:
+    """An fd of ``root/parts...``: ``root`` (krbdir, trusted) by path, each part with ``openat``
+    and ``O_NOFOLLOW`` from its parent's fd. A symlink or non-directory on the way is refused
+    with a :class:`StorageError` naming what was found."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    walked = root
+    try:
+        for part in parts:
+            walked = walked / part
+            try:
+                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    found = _describe_at(fd, part)
+                    raise StorageError(
+                        f"{walked} is {found}, not a directory: refused", path=str(walked)
+                    ) from exc
+                raise
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _private_dir_fd(root_fd: int, root: Path) -> int:
+    """The private staging directory's fd, created 0700 if missing; refused unless it is a
+    directory the daemon owns (its mode is put back to 0700 if it is not)."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(PRIVATE_DIR, 0o700, dir_fd=root_fd)
+    try:
+        fd = os.open(PRIVATE_DIR, _DIR_FLAGS, dir_fd=root_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            found = _describe_at(root_fd, PRIVATE_DIR)
+            raise StorageError(
+                f"{root / PRIVATE_DIR} is {found}, not the daemon's private directory",
+                path=str(root / PRIVATE_DIR),
+            ) from exc
+        raise
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid():
+        os.close(fd)
+        raise StorageError(
+            f"{root / PRIVATE_DIR} is owned by uid {st.st_uid}, not by the daemon",
+            path=str(root / PRIVATE_DIR),
+        )
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.fchmod(fd, 0o700)
+    return fd
+
+
+def clean_private_dir(root: Path) -> int:
+    """Create ``root/.cf-private`` (0700) if needed and remove every leftover in it (start-up:
+    nothing is being written yet). Returns how many leftovers were removed."""
+    try:
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = _private_dir_fd(root_fd, root)
+        finally:
+            os.close(root_fd)
+        removed = 0
+        try:
+            for entry in os.scandir(fd):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.name, dir_fd=fd)
+                else:
+                    os.unlink(entry.name, dir_fd=fd)
+                removed += 1
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise StorageError(
+            f"cannot prepare {root / PRIVATE_DIR}: {exc.strerror or exc}",
+            path=str(root / PRIVATE_DIR),
+        ) from exc
+    return removed
 
 
 def _apply_ownership(fd: int, ownership: Ownership) -> None:
-    # fchmod after creation because the mode given to open() is filtered through the umask.
+    # Mode first, while the daemon still owns the file: after fchown to another user, changing
+    # the mode would need CAP_FOWNER, which the shipped unit does not grant.
     os.fchmod(fd, ownership.mode)
     if ownership.uid is not None or ownership.gid is not None:
         uid = -1 if ownership.uid is None else ownership.uid
@@ -65,98 +231,269 @@ def _apply_ownership(fd: int, ownership: Ownership) -> None:
         os.fchown(fd, uid, gid)
 
 
-def _create_temp(path: Path, ownership: Ownership) -> tuple[Path, int]:
-    """Create a fresh temp file next to ``path``; return it and an fd open for writing."""
-    tmp = _temp_path(path)
-    fd = os.open(tmp, _CREATE_FLAGS, ownership.mode & 0o777)
-    try:
-        _apply_ownership(fd, ownership)
-    except BaseException:
-        os.close(fd)
-        _unlink_quietly(tmp)
-        raise
-    return tmp, fd
-
-
-def _fsync_directory(directory: Path) -> None:
-    # Without this the rename may not survive a power loss even though the data does.
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _unlink_quietly(path: Path) -> None:
+def _unlink_quietly(name: str, dir_fd: int) -> None:
     # Best effort on an error path: the original error is the one worth reporting.
     with contextlib.suppress(OSError):
-        path.unlink()
+        os.unlink(name, dir_fd=dir_fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes, ownership: Ownership) -> None:
-    """Replace ``path`` with ``data`` atomically, with ``ownership`` from creation on."""
-    tmp: Path | None = None
+def _install(
+    path: Path,
+    ownership: Ownership,
+    root: Path | None,
+    produce: Callable[[int, str], None],
+    tmp: str | None = None,
+) -> None:
+    """Produce a file in the private directory with ``produce(private_fd, temp_name)``, give it
+    ``ownership``, fsync it and rename it over ``path``. See the module docstring."""
+    root = path.parent if root is None else root
+    parts, name = _relative_parts(root, path)
+    tmp = tmp or f"{TEMP_PREFIX}{name}.{secrets.token_hex(8)}"
+    root_fd = private_fd = dir_fd = -1
+    installed = False
+    found: str | None = None
     try:
-        tmp, fd = _create_temp(path, ownership)
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        private_fd = _private_dir_fd(root_fd, root)
+        produce(private_fd, tmp)
+        fd = os.open(tmp, _READ_FLAGS, dir_fd=private_fd)
+        try:
+            # Whatever the library left under the temp name must be a plain file before it
+            # becomes a secret file others will read.
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise StorageError(f"the staged {name} is not a regular file", path=str(path))
+            _apply_ownership(fd, ownership)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        dir_fd = open_dir(root, parts)
+        try:
+            old = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            pass
+        else:
+            found = describe(old, owner=ownership.expected_uid)
+        try:
+            os.rename(tmp, name, src_dir_fd=private_fd, dst_dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST, errno.EBUSY):
+                what = _describe_at(dir_fd, name)
+                raise StorageError(
+                    f"cannot replace {path}: {what} sits there", path=str(path)
+                ) from exc
+            raise
+        installed = True
+        # Without this the rename may not survive a power loss even though the data does.
+        os.fsync(dir_fd)
+    except OSError as exc:
+        raise StorageError(f"cannot write {path}: {exc.strerror or exc}", path=str(path)) from exc
+    finally:
+        if not installed and private_fd >= 0:
+            _unlink_quietly(tmp, private_fd)
+        for fd in (dir_fd, private_fd, root_fd):
+            if fd >= 0:
+                os.close(fd)
+    if found is not None:
+        log.warning("replaced %s found at %s", found, path)
+        raise TamperedError(f"found {found} at {path} (replaced it)", path=str(path), found=found)
+
+
+def atomic_write_bytes(
+    path: Path, data: bytes, ownership: Ownership, *, root: Path | None = None
+) -> None:
+    """Replace ``path`` with ``data`` atomically, with ``ownership`` from the first instant it
+    is visible. ``root``: the trusted top (krbdir) whose private directory stages the file and
+    from which the directories down to ``path`` are walked; default ``path.parent``.
+
+    Raises :class:`TamperedError` (after installing) when something else sat at ``path``.
+    """
+
+    def produce(private_fd: int, tmp: str) -> None:
+        fd = os.open(tmp, _CREATE_FLAGS, 0o600, dir_fd=private_fd)
         try:
             view = memoryview(data)
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-            os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
-        tmp = None
-        _fsync_directory(path.parent)
-    except OSError as exc:
-        raise StorageError(f"cannot write {path}: {exc.strerror or exc}", path=str(path)) from exc
-    finally:
-        if tmp is not None:
-            _unlink_quietly(tmp)
+
+    _install(path, ownership, root, produce)
 
 
 @contextlib.contextmanager
-def atomic_target(path: Path, ownership: Ownership) -> Iterator[Path]:
-    """Yield a temp path next to ``path`` for a library to write; install it atomically on success.
+def atomic_target(
+    path: Path, ownership: Ownership, *, root: Path | None = None
+) -> Iterator[Path]:
+    """Yield a fresh name in the private directory for a library to write; install it on success.
 
     For writers that insist on a file name rather than bytes (libkrb5's ``FILE:`` ccaches and
-    keytabs). The temp file exists when yielded (created ``O_EXCL`` with the final mode and owner);
-    the library may also unlink and recreate it, as MIT's ``cc_initialize`` does, which is why the
-    ownership is applied again afterwards. If the body raises, the temp file is removed, the old
-    ``path`` is left untouched, and the body's exception propagates unchanged.
+    keytabs). The yielded file does not exist yet: the library creates it (as the daemon, in a
+    directory only the daemon can enter). Ownership is applied afterwards, on an fd, before the
+    file is renamed to ``path`` (see :func:`atomic_write_bytes` for ``root`` and errors). If the
+    body raises, the temp file is removed, the old ``path`` is untouched, and the body's
+    exception propagates unchanged.
     """
+    top = path.parent if root is None else root
+    _relative_parts(top, path)
+    tmp_name = f"{TEMP_PREFIX}{path.name}.{secrets.token_hex(8)}"
+    private = top / PRIVATE_DIR
     try:
-        tmp, fd = _create_temp(path, ownership)
-        os.close(fd)
+        root_fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.close(_private_dir_fd(root_fd, top))
+        finally:
+            os.close(root_fd)
     except OSError as exc:
         raise StorageError(
-            f"cannot create a temp file for {path}: {exc.strerror or exc}", path=str(path)
+            f"cannot stage {path}: {exc.strerror or exc}", path=str(path)
         ) from exc
-    installed = False
     try:
-        yield tmp
+        yield private / tmp_name
+    except StorageError as exc:
+        with contextlib.suppress(OSError):
+            (private / tmp_name).unlink()
+        # Libraries report a full disk vaguely (MIT: "Credentials cache I/O operation
+        # failed"): say what the filesystem says, the operator's first question.
+        full = _full_filesystem(top)
+        if full is None:
+            raise
+        raise StorageError(f"{exc.message} ({full})", path=exc.path) from exc
+    except BaseException:
+        with contextlib.suppress(OSError):
+            (private / tmp_name).unlink()
+        raise
+
+    # The library wrote tmp_name; _install checks, finishes and moves it (or removes it).
+    _install(path, ownership, top, lambda _fd, _name: None, tmp_name)
+
+
+def _full_filesystem(root: Path) -> str | None:
+    try:
+        st = os.statvfs(root)
+    except OSError:
+        return None
+    if st.f_bavail == 0:
+        return f"No space left on device: the filesystem of {root} is full"
+    if st.f_files and st.f_favail == 0:
+        return f"No space left on device: the filesystem of {root} has no free inodes"
+    return None
+
+
+def read_regular(
+    path: Path,
+    *,
+    root: Path | None = None,
+    owner: int | None = None,
+    max_size: int = MAX_FILE_SIZE,
+) -> bytes | None:
+    """The contents of ``path`` if it is a regular file the daemon could have made, else None
+    when it is missing. Opened ``O_NOFOLLOW | O_NONBLOCK`` relative to its directory (walked
+    from ``root`` as in :func:`open_dir`); anything but a regular file with one link, at most
+    ``max_size`` bytes and owned by ``owner`` (when given) raises :class:`StorageError` naming
+    what was found. Never blocks: a FIFO is refused before any read."""
+    top = path.parent if root is None else root
+    parts, name = _relative_parts(top, path)
+    try:
+        dir_fd = open_dir(top, parts)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StorageError(f"cannot read {path}: {exc.strerror or exc}", path=str(path)) from exc
+    try:
         try:
-            # O_NOFOLLOW + the S_ISREG check: whatever the library left under the temp name must
-            # be a plain file before it becomes a secret file others will read.
-            fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    raise StorageError(f"{tmp} is not a regular file", path=str(path))
-                _apply_ownership(fd, ownership)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            installed = True
-            _fsync_directory(path.parent)
+            fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            # ELOOP: a symlink (O_NOFOLLOW); ENXIO: a socket.
+            found = None
+            if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EOPNOTSUPP):
+                found = _describe_at(dir_fd, name)
+            if found is not None:
+                raise StorageError(f"{path} is {found}: not read", path=str(path)) from exc
+            raise StorageError(
+                f"cannot read {path}: {exc.strerror or exc}", path=str(path)
+            ) from exc
+        try:
+            return _read_checked(fd, path, owner, max_size)
         except OSError as exc:
             raise StorageError(
-                f"cannot install {path}: {exc.strerror or exc}", path=str(path)
+                f"cannot read {path}: {exc.strerror or exc}", path=str(path)
             ) from exc
+        finally:
+            os.close(fd)
     finally:
-        if not installed:
-            _unlink_quietly(tmp)
+        os.close(dir_fd)
+
+
+def _read_checked(fd: int, path: Path, owner: int | None, max_size: int) -> bytes:
+    st = os.fstat(fd)
+    found = describe(st, owner=owner)
+    if found is None and st.st_size > max_size:
+        found = f"a {st.st_size}-byte file"
+    if found is not None:
+        raise StorageError(f"{path} is {found}: not read", path=str(path))
+    chunks = []
+    left = max_size + 1
+    while left > 0:
+        chunk = os.read(fd, min(left, 65536))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    data = b"".join(chunks)
+    if len(data) > max_size:
+        raise StorageError(f"{path} grew past {max_size} bytes: not read", path=str(path))
+    return data
+
+
+def regular_file_exists(path: Path, *, root: Path | None = None, owner: int | None = None) -> bool:
+    """Whether a file the daemon could have made sits at ``path``: regular, one link, a sane
+    size, owned by ``owner`` when given (lstat through checked directories; never opens it).
+    Anything else there, or an unreachable directory, counts as missing."""
+    top = path.parent if root is None else root
+    try:
+        parts, name = _relative_parts(top, path)
+        dir_fd = open_dir(top, parts)
+    except (OSError, StorageError):
+        return False
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        return describe(st, owner=owner) is None
+    except OSError:
+        return False
+    finally:
+        os.close(dir_fd)
+
+
+def ensure_mode(path: Path, mode: int, *, root: Path | None = None) -> bool:
+    """Give ``path`` (a directory or regular file the daemon owns) ``mode`` if it has another;
+    return whether it changed. Opened like :func:`read_regular` (never followed, never waited
+    on); anything else there is left alone. For files and directories made by older versions."""
+    top = path.parent if root is None else root
+    parts, name = _relative_parts(top, path)
+    try:
+        dir_fd = open_dir(top, parts)
+    except (OSError, StorageError):
+        return False
+    try:
+        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+    except OSError:
+        return False
+    finally:
+        os.close(dir_fd)
+    try:
+        st = os.fstat(fd)
+        mine = st.st_uid == os.geteuid() and (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode))
+        if not mine or stat.S_IMODE(st.st_mode) == mode:
+            return False
+        os.fchmod(fd, mode)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def _strictly_inside(root: Path, candidate: Path) -> bool:

@@ -1,8 +1,9 @@
 """Keytabs for gMSA acceptors (SQL Server on Linux, Apache, sshd...): MIT ``FILE:`` format.
 
 The entries are written by MIT's own keytab code through pykrb5 (``kt_resolve`` + ``kt_add_entry``)
-into a temp file from :func:`credfetcher.files.atomic_target`, then renamed into place, so a
-service never reads a half-written keytab. Current keys go in at the directory's kvno and the
+into a fresh file in the daemon's private staging directory
+(:func:`credfetcher.files.atomic_target`), then renamed into place, so a service never reads a
+half-written keytab. Current keys go in at the directory's kvno and the
 previous password's keys at kvno - 1: service tickets issued just before a password change carry
 the old kvno and must still decrypt (RFC 4120 §5.3, the ``kvno`` of EncryptedData).
 """
@@ -21,13 +22,6 @@ from credfetcher.files import Ownership, atomic_target
 from credfetcher.keys import KerberosKey, derive_keys
 
 __all__ = ["keys_for_keytab", "write_keytab"]
-
-# MIT's keytab file starts with a 2-byte big-endian format version, 0x0502 (KRB5_KT_VNO). MIT
-# only writes it when *it* creates the file; our temp file already exists (created O_EXCL with the
-# final mode by files.atomic_target), and MIT rejects an existing empty file with
-# KRB5_KEYTAB_BADVNO. Writing these two bytes is the only part of the format done by hand.
-_KEYTAB_VNO = b"\x05\x02"
-
 
 def keys_for_keytab(
     mp: ManagedPassword,
@@ -51,17 +45,25 @@ def keys_for_keytab(
 
 
 def write_keytab(
-    path: Path, principal: str, keys: Iterable[KerberosKey], ownership: Ownership
+    path: Path,
+    principal: str,
+    keys: Iterable[KerberosKey],
+    ownership: Ownership,
+    *,
+    root: Path | None = None,
 ) -> None:
     """Replace ``path`` atomically with a keytab holding ``keys`` for ``principal``.
 
     ``principal`` is the full name, e.g. ``webapp01$@CREDFETCHER.TEST``; each key carries its own
-    kvno. The file gets ``ownership`` (mode, owner, group) before it appears under ``path``.
+    kvno. MIT's keytab code creates and fills the file in the private staging directory of
+    ``root`` (krbdir) as the daemon, in a file the daemon owns; it gets ``ownership`` (mode, then
+    owner and group) on an fd before it is renamed to ``path`` (:func:`credfetcher.files.
+    atomic_target`). Writing before the chown is what lets a daemon with no capability but
+    CAP_CHOWN make a keytab for another user.
     """
     timestamp = int(time.time())
-    with atomic_target(path, ownership) as tmp:
+    with atomic_target(path, ownership, root=root) as tmp:
         try:
-            tmp.write_bytes(_KEYTAB_VNO)
             # A context per call: krb5 contexts must not be shared between threads.
             ctx = krb5.init_context()
             keytab = krb5.kt_resolve(ctx, b"FILE:" + bytes(tmp))

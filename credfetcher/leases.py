@@ -12,10 +12,17 @@ atomic, and krbdir is fsynced before the RPC answers, so an acknowledged lease s
 loss). Deletion renames the lease out of the way first, then removes it. Start-up removes every
 ``.cf-tmp-*`` leftover. Every path is built from a validated lease id and a validated gMSA name and
 checked to stay inside krbdir before anything is removed.
+
+Every file is written through :mod:`credfetcher.files`: staged in ``<krbdir>/.cf-private``
+(0700, never a lease) and renamed into place relative to a directory fd; start-up empties it.
+Lease and gMSA directories are 0711: a container's non-root app can enter the one bind-mounted
+into it, but no host user can list which leases or files exist. Metadata (which names domainless
+users, DNs and secret ARNs) is 0600.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -29,7 +36,18 @@ from typing import Any
 
 from credfetcher.credspec import validate_gmsa_name
 from credfetcher.errors import InvalidRequestError, LeaseNotFoundError, StorageError
-from credfetcher.files import TEMP_PREFIX, Ownership, atomic_write_bytes, remove_tree_inside
+from credfetcher.files import (
+    PRIVATE_DIR,
+    TEMP_PREFIX,
+    Ownership,
+    TamperedError,
+    atomic_write_bytes,
+    clean_private_dir,
+    ensure_mode,
+    open_dir,
+    read_regular,
+    remove_tree_inside,
+)
 from credfetcher.names import NAMED_LEASE_ID
 
 log = logging.getLogger(__name__)
@@ -41,6 +59,10 @@ DIR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 CCACHE_NAME = "krb5cc"
 KEYTAB_NAME = "krb5.keytab"
 METADATA_VERSION = 1
+# Enterable by anyone (a non-root app must reach its bind-mounted gMSA directory), listable by
+# root only; the files inside carry the lease's own owner and mode.
+DIR_MODE = 0o711
+METADATA_MODE = 0o600
 
 
 def new_lease_id() -> str:
@@ -140,10 +162,10 @@ class LeaseStore:
         validate_lease_id(lease_id)
         staging = self.krb_dir / f"{TEMP_PREFIX}{lease_id}-{secrets.token_hex(4)}"
         try:
-            staging.mkdir(mode=0o755)
-            # mkdir's mode passes through the umask (027 on hardened hosts would give 0750):
+            staging.mkdir(mode=DIR_MODE)
+            # mkdir's mode passes through the umask (027 on hardened hosts would give 0710):
             # set it outright, a non-root container must traverse this directory.
-            staging.chmod(0o755)
+            staging.chmod(DIR_MODE)
         except OSError as exc:
             raise StorageError(
                 f"cannot create {staging}: {exc.strerror}", path=str(staging)
@@ -153,8 +175,8 @@ class LeaseStore:
     @staticmethod
     def staged_entry_dir(staging: Path, entry: GmsaEntry) -> Path:
         path = staging / _checked_dir_name(entry)
-        path.mkdir(mode=0o755, exist_ok=True)
-        path.chmod(0o755)  # the container's mount root: not left to the umask either
+        path.mkdir(mode=DIR_MODE, exist_ok=True)
+        path.chmod(DIR_MODE)  # the container's mount root: not left to the umask either
         return path
 
     def commit(self, staging: Path, record: LeaseRecord) -> None:
@@ -163,7 +185,8 @@ class LeaseStore:
         atomic_write_bytes(
             staging / f"{record.lease_id}_metadata.json",
             encode_metadata(record, final),
-            Ownership(mode=0o644),
+            Ownership(mode=METADATA_MODE),
+            root=self.krb_dir,
         )
         try:
             os.rename(staging, final)
@@ -175,11 +198,14 @@ class LeaseStore:
 
     def update_metadata(self, record: LeaseRecord) -> None:
         """Rewrite an existing lease's metadata in place (atomically)."""
-        atomic_write_bytes(
-            self.metadata_path(record.lease_id),
-            encode_metadata(record, self.lease_dir(record.lease_id)),
-            Ownership(mode=0o644),
-        )
+        # TamperedError: written; files.py logged what it replaced, the metadata is ours again.
+        with contextlib.suppress(TamperedError):
+            atomic_write_bytes(
+                self.metadata_path(record.lease_id),
+                encode_metadata(record, self.lease_dir(record.lease_id)),
+                Ownership(mode=METADATA_MODE),
+                root=self.krb_dir,
+            )
 
     def discard(self, staging: Path) -> None:
         """Remove a staging directory after a failed request: nothing of the lease remains."""
@@ -210,14 +236,20 @@ class LeaseStore:
     def recover(self) -> list[LeaseRecord]:
         """Clean up after a crash and return every lease found on disk.
 
-        Staging and half-deleted directories are removed; a lease directory whose metadata is
-        missing or unreadable cannot be served or renewed and is moved aside as
-        ``.cf-tmp-broken-*`` then removed, with a warning naming it.
+        Staging and half-deleted directories and the private directory's leftovers are removed;
+        a lease directory whose metadata is missing or unreadable cannot be served or renewed
+        and is removed, with a warning naming it. Metadata is read from a checked fd (a FIFO, a
+        symlink or a foreign file at its name is unreadable, never waited on or followed).
         """
         self.prepare()
+        leftovers = clean_private_dir(self.krb_dir)
+        if leftovers:
+            log.info("removed %d leftover(s) of interrupted writes", leftovers)
         records: list[LeaseRecord] = []
         for entry in sorted(self.krb_dir.iterdir()):
             name = entry.name
+            if name == PRIVATE_DIR:
+                continue
             if name.startswith(TEMP_PREFIX):
                 log.info("removing leftover %s from an interrupted request", entry)
                 _remove(self.krb_dir, entry)
@@ -226,24 +258,59 @@ class LeaseStore:
                 continue
             try:
                 validate_lease_id(name)
-                record = decode_metadata(self.metadata_path(name).read_bytes())
+                data = read_regular(
+                    self.metadata_path(name), root=self.krb_dir, owner=os.geteuid()
+                )
+                if data is None:
+                    raise ValueError("no metadata")
+                record = decode_metadata(data)
                 if record.lease_id != name:
                     raise ValueError(f"metadata names lease {record.lease_id!r}")
             except (InvalidRequestError, OSError, ValueError, KeyError, TypeError) as exc:
                 log.warning("removing %s: not a readable lease (%s)", entry, exc)
                 _remove(self.krb_dir, entry)
                 continue
-            for gmsa_dir in entry.iterdir():
-                if gmsa_dir.is_dir():
-                    for leftover in gmsa_dir.glob(f"{TEMP_PREFIX}*"):
-                        _remove(self.krb_dir, leftover)
+            except StorageError as exc:
+                log.warning("removing %s: not a readable lease (%s)", entry, exc.message)
+                _remove(self.krb_dir, entry)
+                continue
+            self._tighten(record)
+            for gmsa in record.entries:
+                self._remove_old_temps(name, _checked_dir_name(gmsa))
             records.append(record)
         return records
+
+    def _tighten(self, record: LeaseRecord) -> None:
+        """Older versions made lease directories 0755 and metadata 0644 (any host user could
+        list leases and read domainless users, DNs, secret ARNs): give them today's modes."""
+        root = self.krb_dir
+        changed = ensure_mode(self.lease_dir(record.lease_id), DIR_MODE, root=root)
+        changed |= ensure_mode(self.metadata_path(record.lease_id), METADATA_MODE, root=root)
+        for entry in record.entries:
+            changed |= ensure_mode(self.entry_dir(record.lease_id, entry), DIR_MODE, root=root)
+        if changed:
+            log.info("lease %s: directories set to 0711 and metadata to 0600", record.lease_id)
+
+    def _remove_old_temps(self, lease_id: str, dir_name: str) -> None:
+        """Remove temp files that versions before the private directory left in a gMSA
+        directory; the directory is walked from krbdir's fd, never through a symlink."""
+        try:
+            fd = open_dir(self.krb_dir, (lease_id, dir_name))
+        except (OSError, StorageError):
+            return  # missing or not a directory: the first renewal reports it
+        try:
+            for item in os.scandir(fd):
+                if item.name.startswith(TEMP_PREFIX) and not item.is_dir(follow_symlinks=False):
+                    os.unlink(item.name, dir_fd=fd)
+        except OSError as exc:
+            log.warning("cannot clean %s/%s: %s", lease_id, dir_name, exc)
+        finally:
+            os.close(fd)
 
     def iter_lease_ids(self) -> Iterator[str]:
         for entry in self.krb_dir.iterdir():
             if (
-                not entry.name.startswith(TEMP_PREFIX)
+                not entry.name.startswith(".")
                 and (entry / f"{entry.name}_metadata.json").is_file()
             ):
                 yield entry.name

@@ -13,6 +13,13 @@ failing gMSA never delays the others and a returning DC is used within the cap. 
 fails never touches the existing ccache: a still-valid ticket stays in place. Groups whose
 renewal keeps failing past ``renew_till + orphan_after`` are handed to ``on_orphan``.
 
+Each target's *write* counts on its own: a lease whose file could not be written (disk full,
+EIO, a read-only remount, a directory planted at its name) or whose directory was tampered with
+(:class:`credfetcher.files.TamperedError`) shows as failing with the reason, and is written again
+from the group's current TGT (kept in memory, no new AS exchange) on its own backoff -- at most
+``BACKOFF_CAP`` apart, so long before the ticket its file still holds ends -- until a write is
+clean. The other targets of the group are not held back.
+
 The clock is injectable and :meth:`RenewalScheduler.run_due` does one pass synchronously, so
 unit tests drive the scheduler without sleeping.
 """
@@ -37,7 +44,7 @@ from credfetcher.errors import (
     KeyRejectedError,
     StorageError,
 )
-from credfetcher.files import Ownership
+from credfetcher.files import Ownership, TamperedError, regular_file_exists
 from credfetcher.identity import UserIdentity
 from credfetcher.keys import KerberosKey
 from credfetcher.keytab import write_keytab
@@ -98,6 +105,20 @@ class GroupState:
     failing_since: float | None = None
     material_id: int = 0  # id() of the key material last written to keytabs
     registered_at: float = 0.0
+    # The last TGT and key material the account gave: what a failed write is retried with.
+    tgt: tickets.Tgt | None = field(default=None, repr=False)
+    material: Any = field(default=None, repr=False)
+
+
+@dataclass
+class WriteFailure:
+    """A target whose files could not be written (or were tampered with) at the last attempt."""
+
+    error: str
+    since: float
+    failures: int = 0
+    next_attempt: float = 0.0
+    retry: bool = True  # False: every file was written; only a tampering report remains
 
 
 @dataclass(frozen=True)
@@ -130,12 +151,15 @@ class RenewalScheduler:
         rng: Callable[[], float] = random.random,
         on_orphan: Callable[[str], None] | None = None,
         rejected_retry: float = REJECTED_PASSWORD_RETRY,
+        krb_dir: Path | None = None,
     ) -> None:
         self.margin = margin
         self.rejected_retry = rejected_retry
         # Per user identity whose password was refused: when it may be tried again. Held per
         # identity, not per group, so N gMSAs read by one user cost one try per period, not N.
         self._rejected: dict[str, float] = {}
+        # The root every target's directory is walked from (see credfetcher.files).
+        self.krb_dir = krb_dir
         self.orphan_after = orphan_after
         self.rc4 = rc4
         self.clock = clock
@@ -143,6 +167,7 @@ class RenewalScheduler:
         self.on_orphan = on_orphan
         self._groups: dict[Hashable, GroupState] = {}
         self._ticket_times: dict[tuple[str, str], tickets.TicketInfo] = {}
+        self._write_failures: dict[tuple[str, str], WriteFailure] = {}
         # Indexes, so that a delete, a status or a count costs the same at 20 leases or 20,000:
         # which group each target is in, and which gMSAs each lease has.
         self._where: dict[tuple[str, str], Hashable] = {}
@@ -206,6 +231,7 @@ class RenewalScheduler:
             if not group.targets:
                 del self._groups[key]
         self._ticket_times.pop(tk, None)
+        self._write_failures.pop(tk, None)
         gmsas = self._by_lease.get(tk[0])
         if gmsas is not None:
             gmsas.discard(tk[1])
@@ -247,11 +273,15 @@ class RenewalScheduler:
                 return None
             # The ticket this target's file holds; the group's earliest one otherwise.
             own = self._ticket_times.get((lease_id, gmsa))
+            write = self._write_failures.get((lease_id, gmsa))
+            errors = [group.last_error, write.error if write else ""]
             return TargetStatus(
                 endtime=float(own.endtime) if own else group.endtime,
                 renew_till=float(own.renew_till) if own else group.renew_till,
-                next_attempt=group.next_attempt,
-                last_error=group.last_error,
+                next_attempt=(
+                    min(group.next_attempt, write.next_attempt) if write else group.next_attempt
+                ),
+                last_error="; ".join(e for e in errors if e),
                 waiting_for_credentials=group.account is None,
             )
 
@@ -280,15 +310,33 @@ class RenewalScheduler:
                         ends[group.account.principal] = min(
                             group.endtime, ends.get(group.account.principal, group.endtime)
                         )
-                for lease_id, _ in group.targets:
-                    if rank[state] > rank[states.get(lease_id, "active")]:
-                        states[lease_id] = state
+                for tk in group.targets:
+                    own = "failing" if state == "active" and tk in self._write_failures else state
+                    if rank[own] > rank[states.get(tk[0], "active")]:
+                        states[tk[0]] = own
                     else:
-                        states.setdefault(lease_id, state)
+                        states.setdefault(tk[0], own)
         counts: dict[str, int] = {}
         for state in states.values():
             counts[state] = counts.get(state, 0) + 1
         return counts, ends
+
+    def ticket_info(self, lease_id: str, gmsa: str) -> tickets.TicketInfo | None:
+        """The ticket the daemon last wrote into this target's file (None: none known)."""
+        with self._lock:
+            return self._ticket_times.get((lease_id, gmsa))
+
+    def all_writes_failing(self) -> str | None:
+        """The first write error when no target's files could be written at its last attempt
+        (and there is one). A tampering report alone (the file was written) does not count."""
+        with self._lock:
+            # Counts first: HealthCheck asks this, and must not walk 20,000 healthy leases.
+            if not self._where or len(self._write_failures) < len(self._where):
+                return None
+            failures = list(self._write_failures.values())
+            if any(not f.retry for f in failures):
+                return None
+            return failures[0].error
 
     def lease_count(self) -> int:
         with self._lock:
@@ -356,6 +404,7 @@ class RenewalScheduler:
         now = self.clock()
         with self._lock:
             times = [g.next_attempt for g in self._groups.values() if g.account is not None]
+            times += [w.next_attempt for w in self._write_failures.values()]
         return max(0.0, min(times) - now) if times else 3600.0
 
     def run_due(self) -> int:
@@ -369,6 +418,7 @@ class RenewalScheduler:
         else:
             for key in keys:
                 self._renew_guarded(key)
+        self._retry_writes()
         self._collect_orphans()
         return len(keys)
 
@@ -449,6 +499,7 @@ class RenewalScheduler:
         with self._lock:
             targets = list(group.targets.values())
             write_keytabs = group.material_id != id(material)
+            group.tgt, group.material = tgt, material
         for target in targets:
             self._write_target(account, target, tgt, material, write_keytabs)
         with self._lock:
@@ -466,20 +517,106 @@ class RenewalScheduler:
         tgt: tickets.Tgt,
         material: Any,
         write_keytab_now: bool,
-    ) -> None:
+    ) -> str | None:
+        """Write one target's ccache (and keytab); record and return what went wrong, if
+        anything. A target unregistered meanwhile (its lease deleted) is left alone."""
+        tk = (target.lease_id, target.gmsa)
         with self.lease_lock(target.lease_id):
-            if not target.ccache.parent.is_dir():
-                return  # the lease was deleted meanwhile
+            if not self._registered(tk):
+                return None  # the lease was deleted meanwhile (delete holds this lock)
+            problems: list[str] = []
+            retry = False  # True: a file is not written; False: at most a tampering report
             try:
-                tickets.store_tgt(tgt, target.ccache, target.ownership)
-                with self._lock:
-                    self._ticket_times[(target.lease_id, target.gmsa)] = tgt.info
-                if target.keytab is not None and (write_keytab_now or not target.keytab.exists()):
-                    keys = account.keytab_keys(material, rc4=self.rc4)
-                    write_keytab(target.keytab, tgt.principal, keys, target.ownership)
+                tickets.store_tgt(tgt, target.ccache, target.ownership, root=self.krb_dir)
+                stored = True
+            except TamperedError as exc:
+                stored = True  # written, but something else sat at its name: reported
+                problems.append(exc.message)
             except StorageError as exc:
-                if target.ccache.parent.is_dir():
-                    log.exception("cannot refresh %s: %s", target.ccache, exc.message)
+                stored, retry = False, True
+                problems.append(exc.message)
+            if stored:
+                with self._lock:
+                    self._ticket_times[tk] = tgt.info
+            if target.keytab is not None and (
+                write_keytab_now
+                or tk in self._write_failures
+                or not regular_file_exists(
+                    target.keytab, root=self.krb_dir, owner=target.ownership.expected_uid
+                )
+            ):
+                try:
+                    keys = account.keytab_keys(material, rc4=self.rc4)
+                    write_keytab(
+                        target.keytab, tgt.principal, keys, target.ownership, root=self.krb_dir
+                    )
+                except TamperedError as exc:
+                    problems.append(exc.message)
+                except StorageError as exc:
+                    retry = True
+                    problems.append(exc.message)
+            message = "; ".join(problems) or None
+            self._record_write(tk, message, retry=retry)
+        if message is not None:
+            log.warning(
+                "cannot refresh %s: %s",
+                target.ccache,
+                message,
+                extra={"LEASE_ID": target.lease_id, "GMSA": target.gmsa},
+            )
+        return message
+
+    def _registered(self, tk: tuple[str, str]) -> bool:
+        with self._lock:
+            return tk in self._where
+
+    def _record_write(self, tk: tuple[str, str], message: str | None, *, retry: bool) -> None:
+        """A clean write clears the target's failure; a failed one backs off on its own.
+
+        Without ``retry`` (every file was written, but something planted at a name was
+        replaced) the report stays until the group's next renewal writes the files again:
+        long enough for ListLeases to show it, and there is nothing to repair before then.
+        """
+        with self._lock:
+            if message is None:
+                self._write_failures.pop(tk, None)
+                return
+            if tk not in self._where:
+                return
+            now = self.clock()
+            failure = self._write_failures.setdefault(tk, WriteFailure(message, since=now))
+            failure.failures += 1
+            failure.error = message
+            failure.retry = retry
+            delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (failure.failures - 1))
+            failure.next_attempt = (
+                now + delay * (0.5 + 0.5 * self.rng()) if retry else float("inf")
+            )
+
+    def _retry_writes(self) -> None:
+        """Write the group's current TGT again into every target whose write failed and is due."""
+        now = self.clock()
+        due: list[tuple[Account, Target, tickets.Tgt, Any]] = []
+        with self._lock:
+            # Only the failures are walked: a pass costs nothing per healthy lease.
+            for tk, failure in self._write_failures.items():
+                key = self._where.get(tk)
+                group = self._groups.get(key) if key is not None else None
+                if group is None or group.account is None or group.tgt is None:
+                    continue  # nothing to write yet: the group's own renewal comes first
+                if failure.next_attempt <= now:
+                    due.append((group.account, group.targets[tk], group.tgt, group.material))
+        for account, target, tgt, material in due:
+            try:
+                self._write_target(account, target, tgt, material, True)
+            except Exception as exc:
+                # Like _renew_guarded: one target's bug must not end the pass for the others.
+                log.exception("rewriting %s failed unexpectedly", target.ccache)
+                self._record_write(
+                    (target.lease_id, target.gmsa),
+                    f"unexpected {type(exc).__name__}: {exc}",
+                    retry=True,
+                )
 
     def _collect_orphans(self) -> None:
         if self.on_orphan is None:

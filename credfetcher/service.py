@@ -131,6 +131,7 @@ class LeaseService:
             clock=clock,
             on_orphan=self._remove_orphan,
             rejected_retry=config.rejected_password_retry,
+            krb_dir=config.krb_dir,
         )
         self._directory_factory = directory_factory
         self._directories: dict[str, DirectoryClient] = {}
@@ -146,6 +147,12 @@ class LeaseService:
         # A secret whose identity the DC refused: (identity key, not before, the error). The same
         # secret is not tried again before then (see CF_REJECTED_PASSWORD_RETRY).
         self._sm_refused: tuple[tuple[str, str, str], float, str] | None = None
+        if config.ccache_mode & 0o004:
+            log.warning(
+                "CF_CCACHE_MODE 0%o: every lease's ccache and keytab are readable by every user "
+                "on this host (allowed by CF_ALLOW_WORLD_READABLE)",
+                config.ccache_mode,
+            )
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -202,6 +209,17 @@ class LeaseService:
         for name, value in (("uid", uid), ("gid", gid)):
             if value is not None and not 0 <= value < 2**32 - 1:
                 raise InvalidRequestError(f"ownership {name} {value} is out of range")
+        if mode is not None and mode & 0o004:
+            if not self.config.allow_world_readable:
+                raise InvalidRequestError(
+                    f"ownership mode {mode:#o} would let every user on the host read the "
+                    "credentials; the daemon allows that only with CF_ALLOW_WORLD_READABLE=true"
+                )
+            log.warning(
+                "a lease asks for mode %#o: its ccache is readable by every user on this host "
+                "(allowed by CF_ALLOW_WORLD_READABLE)",
+                mode,
+            )
         return Ownership(
             uid=default.uid if uid is None else uid,
             gid=default.gid if gid is None else gid,
@@ -221,7 +239,11 @@ class LeaseService:
                 self._leases[record.lease_id] = record
             for entry in record.entries:
                 target = self._target(record, entry.gmsa_name)
-                info = tickets.read_ticket_info(target.ccache)
+                # From a checked fd (never a FIFO, a symlink or a file the daemon did not make);
+                # anything else reads as "no ticket": renewed now, and the write reports it.
+                info = tickets.read_ticket_info(
+                    target.ccache, root=self.store.krb_dir, owner=record.ownership.expected_uid
+                )
                 fresh = info if info is not None and info.endtime > now + 60 else None
                 if record.domainless_user is not None:
                     identity: Identity | None = None
@@ -395,13 +417,17 @@ class LeaseService:
         try:
             for (account, tgt, material), entry in zip(acquired, record.entries, strict=True):
                 gdir = self.store.staged_entry_dir(staging, entry)
-                infos.append(tickets.store_tgt(tgt, gdir / CCACHE_NAME, record.ownership))
+                root = self.store.krb_dir
+                infos.append(
+                    tickets.store_tgt(tgt, gdir / CCACHE_NAME, record.ownership, root=root)
+                )
                 if record.write_keytab:
                     write_keytab(
                         gdir / KEYTAB_NAME,
                         tgt.principal,
                         account.keytab_keys(material, rc4=self.config.enable_rc4),
                         record.ownership,
+                        root=root,
                     )
             with self.scheduler.lease_lock(lease_id):
                 self.store.commit(staging, record)
@@ -589,6 +615,11 @@ class LeaseService:
             problems.append(f"renewal failing for {principal}{more}: {error}")
         elif self.scheduler.last_dc_error:
             problems.append(f"domain controller unreachable: {self.scheduler.last_dc_error}")
+        # One lease's files failing (a full disk would fail them all; a tampered directory only
+        # its own) is shown by ListLeases; HealthCheck only when no lease can be written.
+        write_error = self.scheduler.all_writes_failing()
+        if write_error:
+            problems.append(f"no lease's files can be written: {write_error}")
         if self._sm_error and self._sm is None:
             # Every AddKerberosLease needs this identity and there is none: say so before callers
             # find out. A failed re-read while the last identity still serves is only logged.
@@ -746,7 +777,8 @@ class LeaseService:
         now = self.clock()
         for entry, account in plan:
             target = self._target(record, entry.gmsa_name)
-            info = tickets.read_ticket_info(target.ccache)
+            # What the daemon last wrote there, from memory: the lease's files are never read.
+            info = self.scheduler.ticket_info(record.lease_id, entry.gmsa_name)
             self.scheduler.move_target(
                 account.key, account, target, info if info and info.endtime > now else None
             )

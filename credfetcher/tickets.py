@@ -15,6 +15,8 @@ exchange with the RENEW option (§3.3, KDC option ``renew``).
 
 from __future__ import annotations
 
+import logging
+import os
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,8 +26,10 @@ import krb5
 
 from credfetcher import krbcodes, metrics
 from credfetcher.errors import KerberosError, KeyRejectedError, StorageError, UnsupportedError
-from credfetcher.files import Ownership, atomic_target
+from credfetcher.files import Ownership, atomic_target, read_regular
 from credfetcher.keys import KerberosKey
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "Tgt",
@@ -188,14 +192,19 @@ def renew_tgt(tgt: Tgt) -> Tgt:
     return _tgt(ctx, renewed)
 
 
-def store_tgt(tgt: Tgt, path: Path, ownership: Ownership) -> TicketInfo:
+def store_tgt(
+    tgt: Tgt, path: Path, ownership: Ownership, *, root: Path | None = None
+) -> TicketInfo:
     """Write ``tgt`` as a FILE ccache at ``path`` atomically, with ``ownership``; return its info.
 
-    libkrb5 writes a temp file next to ``path`` (files.atomic_target), which is then renamed over
-    the old ccache: readers, including containers that bind-mount the directory, see the old
-    cache or the new one, never a partial one.
+    libkrb5 writes the cache in the private staging directory of ``root`` (krbdir; see
+    :func:`credfetcher.files.atomic_target`), from where it is renamed over the old ccache:
+    readers, including containers that bind-mount the directory, see the old cache or the new
+    one, never a partial one, and libkrb5 never opens a name inside a lease directory. Raises
+    StorageError, or :class:`credfetcher.files.TamperedError` after installing the cache when
+    something the daemon did not make sat at ``path``.
     """
-    with atomic_target(path, ownership) as tmp:
+    with atomic_target(path, ownership, root=root) as tmp:
         ctx = krb5.init_context()
         try:
             creds = _unmarshal(ctx, tgt.marshalled)
@@ -207,15 +216,33 @@ def store_tgt(tgt: Tgt, path: Path, ownership: Ownership) -> TicketInfo:
     return tgt.info
 
 
-def read_ticket_info(path: Path) -> TicketInfo | None:
-    """The TGT in the FILE ccache at ``path``, or None if missing, unreadable or TGT-less.
+def read_ticket_info(
+    path: Path, *, root: Path | None = None, owner: int | None = None
+) -> TicketInfo | None:
+    """The TGT in the FILE ccache at ``path``, or None if missing, unreadable, unsafe or TGT-less.
 
-    The TGT is the ``krbtgt/REALM@REALM`` ticket of the cache's client realm; ccache config
-    entries (``X-CACHECONF:``) and service tickets are skipped.
+    The file is read through :func:`credfetcher.files.read_regular` (``O_NOFOLLOW|O_NONBLOCK``,
+    a regular file of one link and a sane size, owned by ``owner`` when given, directories
+    walked from ``root``), and libkrb5 parses a private in-memory copy (a memfd reached as
+    ``FILE:/proc/self/fd/N``): it never opens a name in a lease directory, and a lock someone
+    holds on the lease's file cannot make it wait (MIT takes a blocking read lock on FILE
+    caches). The TGT is the ``krbtgt/REALM@REALM`` ticket of the cache's client realm; ccache
+    config entries (``X-CACHECONF:``) and service tickets are skipped.
     """
-    ctx = krb5.init_context()
     try:
-        ccache = krb5.cc_resolve(ctx, b"FILE:" + bytes(path))
+        data = read_regular(path, root=root, owner=owner)
+    except StorageError as exc:
+        log.info("not reading a ticket from %s: %s", path, exc.message)
+        return None
+    if not data:
+        return None
+    fd = os.memfd_create("credfetcher-ccache", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        ctx = krb5.init_context()
+        ccache = krb5.cc_resolve(ctx, f"FILE:/proc/self/fd/{fd}".encode())
         # Iterate to the end before looking: pykrb5 only ends the sequence (closing the file MIT
         # opened for it) when iteration finishes; returning mid-loop leaked one fd per call.
         entries = list(ccache)
@@ -226,6 +253,8 @@ def read_ticket_info(path: Path) -> TicketInfo | None:
                 return _info(ctx, creds)
     except krb5.Krb5Error:
         return None
+    finally:
+        os.close(fd)
     return None
 
 

@@ -29,6 +29,8 @@ class Daemon:
     env: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path = field(init=False)
+    #: Run the daemon under this command (e.g. ``setpriv`` with the unit's capabilities).
+    argv_prefix: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.log_path = self.root / "daemon.log"
@@ -44,7 +46,7 @@ class Daemon:
     def start(self, timeout: float = 30.0) -> None:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "credfetcher.daemon"],
+            [*self.argv_prefix, sys.executable, "-m", "credfetcher.daemon"],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -20,7 +20,7 @@ import pytest
 from credfetcher import metrics
 from credfetcher.blob import ManagedPassword, parse_managed_password, password_for_authentication
 from credfetcher.errors import KerberosError, KeyRejectedError
-from credfetcher.files import TEMP_PREFIX, Ownership
+from credfetcher.files import PRIVATE_DIR, TEMP_PREFIX, Ownership
 from credfetcher.keys import derive_keys, gmsa_salt, password_to_utf8
 from credfetcher.keytab import keys_for_keytab, write_keytab
 from credfetcher.tickets import (
@@ -240,4 +240,6 @@ def test_reader_never_sees_a_partial_ccache(
     assert len(seen) > 50
     assert set(seen) <= expected, "the reader saw a missing or unparsable ccache"
     assert set(seen) == expected
-    assert sorted(os.listdir(reader_target.parent)) == ["krb5cc"]
+    # Staged in the private directory, which is left empty.
+    assert sorted(os.listdir(reader_target.parent)) == [PRIVATE_DIR, "krb5cc"]
+    assert os.listdir(reader_target.parent / PRIVATE_DIR) == []

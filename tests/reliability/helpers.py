@@ -11,7 +11,7 @@ from typing import TypeVar
 
 import grpc
 
-from credfetcher.files import TEMP_PREFIX
+from credfetcher.files import PRIVATE_DIR, TEMP_PREFIX
 from credfetcher.leases import CCACHE_NAME, KEYTAB_NAME, decode_metadata
 from credfetcher.tickets import read_ticket_info
 
@@ -36,7 +36,15 @@ def check_store(krb_dir: Path, realm: str, *, allow_temp: bool) -> dict[str, Lea
     tolerated only when ``allow_temp`` (a crashed daemon before its recovery ran).
     """
     leases: dict[str, LeaseOnDisk] = {}
+    private = krb_dir / PRIVATE_DIR
+    if private.exists():
+        assert not private.is_symlink(), f"{private} is a symlink"
+        assert private.is_dir(), f"{private} is not a directory"
+        assert private.stat().st_mode & 0o777 == 0o700, f"{private} is not 0700"
+        assert allow_temp or not any(private.iterdir()), f"leftovers in {private}"
     for path in krb_dir.rglob("*"):
+        if private in path.parents:
+            continue
         if path.name.startswith(TEMP_PREFIX):
             assert allow_temp, f"temporary file left after recovery: {path}"
         if path.name.endswith("_metadata.json") and not any(
@@ -45,7 +53,7 @@ def check_store(krb_dir: Path, realm: str, *, allow_temp: bool) -> dict[str, Lea
             assert path.parent.parent == krb_dir, f"metadata outside its lease directory: {path}"
             assert path.name == f"{path.parent.name}_metadata.json", f"stray metadata: {path}"
     for entry in sorted(krb_dir.iterdir()):
-        if entry.name.startswith(TEMP_PREFIX):
+        if entry.name.startswith(TEMP_PREFIX) or entry.name == PRIVATE_DIR:
             continue
         assert entry.is_dir(), f"not a lease directory: {entry}"
         assert not entry.is_symlink(), f"symlink in krbdir: {entry}"

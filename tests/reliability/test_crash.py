@@ -185,9 +185,21 @@ def test_acknowledged_lease_is_on_disk_durably_before_the_reply(
         events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"), ""))
         real_fsync(fd)
 
-    def rename(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
-        real_rename(src, dst)
-        events.append(("rename", os.fspath(src), os.fspath(dst)))
+    def at(directory: int | None, name: str | os.PathLike[str]) -> str:
+        if directory is None:
+            return os.fspath(name)
+        return os.path.join(os.readlink(f"/proc/self/fd/{directory}"), os.fspath(name))
+
+    def rename(
+        src: str | os.PathLike[str],
+        dst: str | os.PathLike[str],
+        *,
+        src_dir_fd: int | None = None,
+        dst_dir_fd: int | None = None,
+    ) -> None:
+        # files.py renames relative to directory fds (renameat): log the full paths.
+        real_rename(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+        events.append(("rename", at(src_dir_fd, src), at(dst_dir_fd, dst)))
 
     def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
         real_replace(src, dst)

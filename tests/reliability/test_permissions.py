@@ -16,6 +16,7 @@ import stat
 import subprocess
 import sys
 
+from credfetcher.files import PRIVATE_DIR
 from credfetcher.leases import CCACHE_NAME, KEYTAB_NAME
 from tests.conftest import REPO
 from tests.reliability.conftest import (
@@ -58,11 +59,17 @@ def test_no_world_writable_directory_and_socket_mode(full_run: FullRun) -> None:
     for path in [krb_dir, *krb_dir.rglob("*")]:
         mode = stat.S_IMODE(path.lstat().st_mode)
         assert not mode & 0o002, f"{path} is world-writable ({mode:o})"
-        if path.is_dir():
-            # Containers must traverse to their bind-mounted directory; nobody else writes.
+        if path == krb_dir:
             assert mode == 0o755, f"{path}: {mode:o}"
+        elif path.name == PRIVATE_DIR:
+            assert mode == 0o700, f"{path}: {mode:o}"  # the staging directory: root only
+        elif path.is_dir():
+            # Containers must traverse to their bind-mounted directory; nobody else writes,
+            # and no other user may list which leases and files exist.
+            assert mode == 0o711, f"{path}: {mode:o}"
         elif path.name.endswith("_metadata.json"):
-            assert mode == 0o644, f"{path}: {mode:o}"
+            # Domainless user names, DNs, secret ARNs: root's alone.
+            assert mode == 0o600, f"{path}: {mode:o}"
     sock = full_run.daemon.socket_path.lstat()
     assert stat.S_ISSOCK(sock.st_mode)
     assert stat.S_IMODE(sock.st_mode) == 0o660

@@ -12,7 +12,7 @@ import pytest
 
 from credfetcher.blob import ManagedPassword
 from credfetcher.errors import StorageError
-from credfetcher.files import TEMP_PREFIX, Ownership
+from credfetcher.files import PRIVATE_DIR, TEMP_PREFIX, Ownership
 from credfetcher.keys import KerberosKey, derive_keys
 from credfetcher.keytab import keys_for_keytab, write_keytab
 
@@ -50,7 +50,9 @@ def test_round_trip(tmp_path: Path) -> None:
     write_keytab(path, PRINCIPAL, keys, Ownership(mode=0o640))
     assert entries(path) == [(PRINCIPAL, 5, k.enctype, k.contents) for k in keys]
     assert path.stat().st_mode & 0o777 == 0o640
-    assert [p.name for p in tmp_path.iterdir()] == ["krb5.keytab"]
+    # Staged in the private directory (now empty), never beside the keytab.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [PRIVATE_DIR, "krb5.keytab"]
+    assert list((tmp_path / PRIVATE_DIR).iterdir()) == []
 
 
 def test_replaces_an_existing_keytab(tmp_path: Path) -> None:
@@ -102,3 +104,4 @@ def test_bad_key_leaves_nothing_behind(tmp_path: Path) -> None:
     assert info.value.path == str(path)
     assert path.read_bytes() == b"old"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX)]
+    assert list((tmp_path / PRIVATE_DIR).iterdir()) == []

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from credfetcher import metrics, tickets
-from credfetcher.errors import DCUnavailableError, KerberosError
-from credfetcher.files import Ownership
+from credfetcher.errors import DCUnavailableError, KerberosError, StorageError
+from credfetcher.files import Ownership, TamperedError
 from credfetcher.keys import KerberosKey
 from credfetcher.renewal import BACKOFF_BASE, BACKOFF_CAP, JITTER, RenewalScheduler, Target
 
@@ -88,7 +88,9 @@ class Write:
 def writes(monkeypatch: pytest.MonkeyPatch) -> list[Write]:
     recorded: list[Write] = []
 
-    def store(tgt: tickets.Tgt, path: Path, ownership: Ownership) -> tickets.TicketInfo:
+    def store(
+        tgt: tickets.Tgt, path: Path, ownership: Ownership, *, root: Path | None = None
+    ) -> tickets.TicketInfo:
         recorded.append(Write(path, tgt.info.endtime, ownership))
         return tgt.info
 
@@ -658,3 +660,133 @@ def test_registrations_moves_and_deletes_keep_every_view_consistent(
     assert sched._groups == {}
     assert sched._where == {}
     assert sched._ticket_times == {}
+
+
+# -- each target's write counts (issue 17) -------------------------------------------------------
+
+
+@dataclass
+class FlakyStore:
+    """Replaces ``store_tgt``: fails for the leases in ``failing`` with the error mapped there
+    (a TamperedError after "writing"), records every write it makes in ``written``."""
+
+    failing: dict[str, StorageError] = field(default_factory=dict)
+    written: list[tuple[str, int]] = field(default_factory=list)
+
+    def __call__(
+        self, tgt: tickets.Tgt, path: Path, ownership: Ownership, *, root: Path | None = None
+    ) -> tickets.TicketInfo:
+        lease = path.parent.parent.name
+        error = self.failing.get(lease)
+        if error is not None and not isinstance(error, TamperedError):
+            raise error
+        self.written.append((lease, tgt.info.endtime))
+        if error is not None:
+            raise error
+        return tgt.info
+
+
+@pytest.fixture
+def flaky(monkeypatch: pytest.MonkeyPatch) -> FlakyStore:
+    store = FlakyStore()
+    monkeypatch.setattr(tickets, "store_tgt", store)
+    return store
+
+
+def test_a_failed_write_is_failing_and_retried_on_its_own(
+    tmp_path: Path, clock: FakeClock, flaky: FlakyStore
+) -> None:
+    sched = make_scheduler(clock, rng=0.0)
+    account = FakeAccount("webapp", clock)
+    old = register(sched, account, target(tmp_path, "full", "webapp"))
+    register(sched, account, target(tmp_path, "fine", "webapp"))
+    assert old is not None
+    flaky.failing["full"] = StorageError("cannot write krb5cc: No space left on device", path="x")
+
+    clock.advance(LIFE)
+    assert sched.run_due() == 1
+    status = sched.status("full", "webapp")
+    assert status is not None
+    assert "No space left on device" in status.last_error
+    assert status.endtime == old.endtime  # the file still holds the old ticket
+    assert status.next_attempt <= clock() + BACKOFF_BASE
+    fine = sched.status("fine", "webapp")
+    assert fine is not None
+    assert fine.last_error == ""
+    assert sched.failing_groups() == []  # the account itself renews fine
+    assert sched.all_writes_failing() is None  # one lease of two: not a health problem
+
+    # Retried from the TGT in memory: no new AS exchange, only the failing target written.
+    calls = len(account.calls)
+    before = len(flaky.written)
+    clock.advance(BACKOFF_BASE)
+    del flaky.failing["full"]
+    sched.run_due()
+    assert len(account.calls) == calls
+    assert [w[0] for w in flaky.written[before:]] == ["full"]
+    status = sched.status("full", "webapp")
+    assert status is not None
+    assert status.last_error == ""
+    assert status.endtime > old.endtime
+
+
+def test_write_backoff_is_capped_well_inside_a_ticket(
+    tmp_path: Path, clock: FakeClock, flaky: FlakyStore
+) -> None:
+    sched = make_scheduler(clock, rng=1.0)
+    account = FakeAccount("webapp", clock)
+    register(sched, account, target(tmp_path, "full", "webapp"))
+    flaky.failing["full"] = StorageError("cannot write: EIO", path="x")
+    clock.advance(LIFE)
+    sched.run_due()
+    attempts = []
+    for _ in range(12):
+        status = sched.status("full", "webapp")
+        assert status is not None
+        attempts.append(status.next_attempt - clock())
+        clock.advance(status.next_attempt - clock())
+        sched.run_due()
+    assert max(attempts) == BACKOFF_CAP
+    assert sched.all_writes_failing() == "cannot write: EIO"
+
+
+def test_tampering_is_reported_until_the_next_renewal(
+    tmp_path: Path, clock: FakeClock, flaky: FlakyStore
+) -> None:
+    sched = make_scheduler(clock, rng=0.0)
+    account = FakeAccount("webapp", clock)
+    register(sched, account, target(tmp_path, "attacked", "webapp"))
+    flaky.failing["attacked"] = TamperedError(
+        "found a FIFO at krb5cc (replaced it)", path="x", found="a FIFO"
+    )
+    clock.advance(LIFE)
+    sched.run_due()
+    del flaky.failing["attacked"]
+    status = sched.status("attacked", "webapp")
+    assert status is not None
+    assert "found a FIFO" in status.last_error
+    assert sched.all_writes_failing() is None  # written after all: not a health problem
+    assert status.endtime == int(clock()) + LIFE  # the file was written nonetheless
+    before = len(flaky.written)
+    clock.advance(BACKOFF_CAP)
+    sched.run_due()
+    assert len(flaky.written) == before  # nothing to repair: no extra write
+    clock.advance(LIFE)  # the next renewal writes it clean
+    sched.run_due()
+    status = sched.status("attacked", "webapp")
+    assert status is not None
+    assert status.last_error == ""
+
+
+def test_a_deleted_lease_forgets_its_write_failure(
+    tmp_path: Path, clock: FakeClock, flaky: FlakyStore
+) -> None:
+    sched = make_scheduler(clock)
+    account = FakeAccount("webapp", clock)
+    register(sched, account, target(tmp_path, "gone", "webapp"))
+    flaky.failing["gone"] = StorageError("cannot write", path="x")
+    clock.advance(LIFE)
+    sched.run_due()
+    sched.unregister_lease("gone")
+    assert sched.status("gone", "webapp") is None
+    assert sched.next_due_in() == 3600.0

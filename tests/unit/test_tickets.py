@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import krb5
@@ -95,3 +99,45 @@ def test_tgt_repr_hides_the_credential() -> None:
     assert "SESSION-KEY" not in repr(tgt)
     assert "marshalled" not in repr(tgt)
     assert tgt.principal == "webapp01$@R"
+
+
+def test_read_ticket_info_never_waits_on_a_fifo_or_follows_a_symlink(tmp_path: Path) -> None:
+    fifo = tmp_path / "krb5cc"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    assert read_ticket_info(fifo) is None  # open() of a FIFO would wait for a writer
+    assert time.monotonic() - started < 1
+    link = tmp_path / "link"
+    link.symlink_to(fifo)
+    assert read_ticket_info(link) is None
+
+
+def test_read_ticket_info_ignores_a_lock_held_on_the_file(tmp_path: Path) -> None:
+    """MIT takes a blocking read lock on a FILE ccache it opens: a process holding a write lock
+    on a lease's krb5cc (a container root can) must not make the daemon wait. libkrb5 reads a
+    private copy instead."""
+    path = tmp_path / "krb5cc"
+    ctx = krb5.init_context()
+    ccache = krb5.cc_resolve(ctx, b"FILE:" + bytes(path))
+    krb5.cc_initialize(ctx, ccache, krb5.parse_name_flags(ctx, b"webapp01$@R.TEST"))
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time\n"
+            "f = open(sys.argv[1], 'r+b'); fcntl.lockf(f, fcntl.LOCK_EX)\n"
+            "print('locked', flush=True); time.sleep(30)",
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "locked"
+        started = time.monotonic()
+        assert read_ticket_info(path) is None  # parsed (no TGT in it), not waited on
+        assert time.monotonic() - started < 2
+    finally:
+        holder.kill()
+        holder.communicate()
