@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 from credfetcher import tickets
@@ -129,6 +129,18 @@ class GmsaAccount:
         ):
             record, mp = self._reread_kvno(record)
         kvno = record.kvno if record.kvno is not None else 1
+        if (
+            earlier is not None
+            and mp.previous is None
+            and not authenticates_with_previous(mp)
+            and kvno == earlier.kvno + 1
+            and password_for_authentication(earlier.managed_password) != mp.current
+        ):
+            # A gMSA younger than one password interval gets no PreviousPassword in its blob,
+            # even right after its first change; the password we used until then is that
+            # previous one, at the version before. Keytabs keep it, so service tickets issued
+            # before the change still decrypt (a restart loses it, the DC never had it).
+            mp = replace(mp, previous=password_for_authentication(earlier.managed_password))
         # The password the KDC accepts now, at the version the DC shows for it: in the five
         # minutes before a change the DC hands out the next password as CurrentPassword but
         # still shows the kvno of the one in effect (PreviousPassword).
@@ -174,7 +186,7 @@ class GmsaAccount:
         )
 
     def _reread_kvno(self, record: GmsaRecord) -> tuple[GmsaRecord, ManagedPassword]:
-        """The record again, read until two reads in a row carry the same blob; the last one.
+        """The record again, read until two reads in a row carry the same passwords; the last.
 
         Why a re-read rather than reasoning: the kvno cannot be told from the blob alone. Its
         intervals say how far the next change is, never how many changes came before, and the
@@ -184,16 +196,18 @@ class GmsaAccount:
         after a restart, an administrator's reset, or a missed change. So a read that shows a
         password in effect that we did not know yet (first read, or a change) is followed by a
         second one, which costs one search (~2 ms on the pooled connection) per change, and
-        whose kvno is used once the blob it returns is the same. Reads inside the five minutes
+        whose kvno is used once it returns the same passwords. Reads inside the five minutes
         before a change need none: that roll-over happens only at the change itself.
         """
         mp = parse_managed_password(record.blob)
         for _ in range(_KVNO_READS):
             again = self.directory.fetch_managed_password(self.gmsa, self.identity)
-            if again.blob == record.blob:
-                return again, mp
+            again_mp = parse_managed_password(again.blob)
+            # The passwords, not the whole blob: its intervals count down between two reads.
+            if (again_mp.current, again_mp.previous) == (mp.current, mp.previous):
+                return again, again_mp
             # A change (or the start of the five-minute window) fell between the two reads.
-            record, mp = again, parse_managed_password(again.blob)
+            record, mp = again, again_mp
         log.warning(
             "managed password of %s changed on every one of %d reads: its kvno may be off",
             self.principal,
@@ -201,6 +215,15 @@ class GmsaAccount:
             extra={"GMSA": self.gmsa, "DC": record.dc},
         )
         return record, mp
+
+    def keys_due_at(self) -> float | None:
+        """When (``self.clock``) the cached keys must be read again; None before a first read.
+
+        The renewal loop renews groups with keytabs then (:mod:`credfetcher.renewal`), so their
+        keytabs change with the password: five minutes before a change and right after it.
+        """
+        material = self._material
+        return None if material is None else material.refetch_at
 
     def acquire_tgt(self) -> tuple[tickets.Tgt, KeyMaterial]:
         """A fresh TGT from the cached keys; re-read the password once if the KDC rejects them."""

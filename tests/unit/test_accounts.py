@@ -512,7 +512,8 @@ def test_the_read_that_rolls_keys_over_shows_the_old_kvno_and_is_read_again(
     """Samba's first read after a change answers the new blob with the old kvno (measured)."""
     after = blob(PW_NEXT, PW_NOW, 20 * 3600)
     account, directory = make_account((after, 3))
-    directory.reread_answers = [(after, 4)]
+    # The second read's intervals have counted down: the same passwords all the same.
+    directory.reread_answers = [(blob(PW_NEXT, PW_NOW, 20 * 3600 - 1), 4)]
     material = account.material()
     assert (directory.fetches, directory.rereads) == (1, 1)
     assert material.kvno == 4
@@ -583,3 +584,21 @@ def test_keytab_and_log_through_two_rotations(
     assert all(r.levelno == logging.INFO for r in changes)
     assert all((r.__dict__["GMSA"], r.__dict__["DC"]) == (GMSA, "dc1.example.test")
                for r in changes)
+
+
+def test_a_young_gmsa_keeps_the_password_it_had_as_previous_after_its_first_change(
+    make_account: MakeAccount, kdc: FakeKdc, clock: FakeClock
+) -> None:
+    """Samba's blob has no PreviousPassword until the account is one interval old."""
+    account, _ = make_account(
+        (blob(PW_NOW, None, 600), 1),
+        (blob(PW_NEXT, None, 20 * 3600), 2),  # right after the first change: no previous
+    )
+    material = account.material()
+    assert keytab_of(account, material) == expected((PW_NOW, 1))
+    clock.now = material.refetch_at
+    material = account.material()
+    assert keytab_of(account, material) == expected((PW_NEXT, 2), (PW_NOW, 1))
+    # A fresh start knows nothing of the earlier password: only what the DC says.
+    fresh, _ = make_account((blob(PW_NEXT, None, 20 * 3600), 2))
+    assert keytab_of(fresh, fresh.material()) == expected((PW_NEXT, 2))
