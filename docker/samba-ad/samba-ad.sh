@@ -336,6 +336,14 @@ join_dc2() {
         --option="ad dc functional level = 2016" \
         >"$DC2_STATE/log/join.log" 2>&1 || { tail -20 "$DC2_STATE/log/join.log" >&2; die "join of dc2 failed"; }
     dns_dc2
+    # dc2 would see its own records only at its next periodic pull: copy them over now (in full:
+    # an incremental pull right after the join believes it is up to date).
+    local nc
+    for nc in "DC=DomainDnsZones,$BASE_DN" "DC=ForestDnsZones,$BASE_DN"; do
+        faked samba-tool drs replicate "$DC2_FQDN" "$DC_FQDN" "$nc" --local --full-sync \
+            -A "$STATE/admin.auth" --use-kerberos=off -s "$DC2_STATE/etc/smb.conf" \
+            >>"$DC2_STATE/log/join.log" 2>&1 || die "replicating $nc to dc2 failed"
+    done
 }
 
 # DC locator records for dc2 on dc1's DNS (replicated to dc2's): what a real DC registers.

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import glob
 import os
+import re
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -28,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SAMBA_AD, TestDC, _dc_unavailable, load_test_dc
+from tests.integration.daemon import Daemon, daemon_env
 
 ROOT = Path(os.environ.get("CF_ROTATION_STATE", "/var/tmp/credfetcher-rotate"))
 DC1_IP = "127.0.0.21"
@@ -100,11 +103,12 @@ class RotationDomain:
             CF_SAMBA_FAKETIME=str(self.clock.path),
         )
 
-    def samba_tool(self, *args: str) -> str:
-        """samba-tool on dc1's local database, on the fake clock."""
+    def samba_tool(self, *args: str, dc: int = 1) -> str:
+        """samba-tool on dc1's (or dc2's) local database, on the fake clock."""
+        state = self.dc.state if dc == 1 else self.dc2_state
         proc = subprocess.run(
-            ["samba-tool", *args, "-H", str(self.dc.state / "private" / "sam.ldb"),
-             "-s", str(self.dc.state / "etc" / "smb.conf")],
+            ["samba-tool", *args, "-H", str(state / "private" / "sam.ldb"),
+             "-s", str(state / "etc" / "smb.conf")],
             env=self.clock.env(), capture_output=True, text=True, timeout=120, check=False,
         )
         assert proc.returncode == 0, f"samba-tool {args[:2]}: {proc.stderr[-2000:]}"
@@ -159,8 +163,9 @@ class RotationDomain:
         )
         assert proc.returncode == 0, f"drs replicate: {proc.stderr[-2000:]}"
 
-    def _attributes(self, gmsa: str, *attrs: str) -> dict[str, str]:
-        out = self.samba_tool("user", "getpassword", f"{gmsa}$", f"--attributes={','.join(attrs)}")
+    def _attributes(self, gmsa: str, *attrs: str, dc: int = 1) -> dict[str, str]:
+        out = self.samba_tool("user", "getpassword", f"{gmsa}$", f"--attributes={','.join(attrs)}",
+                              dc=dc)
         values: dict[str, str] = {}
         for line in out.splitlines():
             key, sep, value = line.partition(": ")
@@ -174,10 +179,19 @@ class RotationDomain:
             "virtualManagedPasswordQueryTime"])
         return nt / 10**7 - NT_EPOCH_OFFSET
 
-    def kvno(self, gmsa: str) -> int:
-        """msDS-KeyVersionNumber on dc1, read twice (the first read may roll the keys over)."""
-        self._attributes(gmsa, "msDS-KeyVersionNumber")
-        return int(self._attributes(gmsa, "msDS-KeyVersionNumber")["msDS-KeyVersionNumber"])
+    def change_ahead(self, gmsa: str, lead: float) -> float:
+        """The next change at least ``lead`` seconds ahead (jumping past a nearer one)."""
+        change = self.next_change(gmsa)
+        if change - self.clock.now() < lead:
+            self.clock.jump_to(change + 60)
+            change = self.next_change(gmsa)
+        return change
+
+    def kvno(self, gmsa: str, *, dc: int = 1) -> int:
+        """msDS-KeyVersionNumber on dc1 (or dc2), read twice (the first may roll keys over)."""
+        self._attributes(gmsa, "msDS-KeyVersionNumber", dc=dc)
+        return int(self._attributes(gmsa, "msDS-KeyVersionNumber", dc=dc)[
+            "msDS-KeyVersionNumber"])
 
     def pid(self, which: int) -> int:
         state = self.dc.state if which == 1 else self.dc2_state
@@ -244,3 +258,94 @@ def rotation_domain() -> Iterator[RotationDomain]:
         yield domain
     finally:
         _script("stop", env)
+
+
+# -- the daemon and MIT's tools on the fake clock ----------------------------------------
+
+# Renewals are due at the latest when the keys must be read again; the loop wakes every 10 s.
+KEYTAB_WAIT = 40.0
+
+
+def run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+def keytab_versions(keytab: Path) -> list[int]:
+    """The kvno of each entry, in file order (``klist -k``)."""
+    out = run(["klist", "-k", str(keytab)], {"PATH": "/usr/bin:/bin"}).stdout
+    return [int(m.group(1)) for m in re.finditer(r"^\s*(\d+) \S+@", out, re.MULTILINE)]
+
+
+def wait_for_keytab(keytab: Path, want: list[int], daemon: Daemon) -> None:
+    """Until the keytab holds exactly the versions ``want`` (in effect first)."""
+    deadline = time.monotonic() + KEYTAB_WAIT
+    versions: list[int] = []
+    while time.monotonic() < deadline:
+        if keytab.exists():
+            versions = keytab_versions(keytab)
+            if sorted(set(versions)) == sorted(want) and versions[0] == want[0]:
+                return
+        time.sleep(0.5)
+    raise AssertionError(
+        f"keytab holds kvno {versions}, want {want} (in effect first)\n{daemon.log()[-4000:]}"
+    )
+
+
+class Judge:
+    """MIT's tools on the fake clock, for one gMSA's lease files."""
+
+    def __init__(self, domain: RotationDomain, gmsa: str, lease_dir: Path, scratch: Path) -> None:
+        self.domain = domain
+        self.principal = f"{gmsa}$@{domain.dc.realm}"
+        self.ccache = lease_dir / "krb5cc"
+        self.keytab = lease_dir / "krb5.keytab"
+        self.scratch = scratch
+        self.n = 0
+
+    def _ok(self, argv: list[str], env: dict[str, str], what: str) -> str:
+        proc = run(argv, env)
+        assert proc.returncode == 0, f"{what}: {' '.join(argv)}: {proc.stderr.strip()}"
+        return proc.stdout
+
+    def service_ticket(self) -> Path:
+        """A copy of the lease ccache holding a service ticket to the gMSA issued now."""
+        self.n += 1
+        copy = self.scratch / f"issued-{self.n}.cc"
+        shutil.copyfile(self.ccache, copy)
+        env = self.domain.krb5_env(f"FILE:{copy}")
+        self._ok(["kvno", self.principal], env, "service ticket with the lease ccache")
+        return copy
+
+    def check(self, *, earlier_tickets: tuple[Path, ...] = (), kinit: bool = True) -> None:
+        # The lease's ccache gets a service ticket, which the lease's keytab decrypts.
+        ticket = self.service_ticket()
+        env = self.domain.krb5_env(f"FILE:{ticket}")
+        self._ok(["kvno", "-k", str(self.keytab), self.principal], env,
+                 "keytab decrypts a service ticket issued now")
+        # Tickets issued before (e.g. before the change) still decrypt with today's keytab.
+        for old in earlier_tickets:
+            env = self.domain.krb5_env(f"FILE:{old}")
+            self._ok(["kvno", "-k", str(self.keytab), self.principal], env,
+                     f"keytab decrypts a service ticket issued earlier ({old.name})")
+        if not kinit:
+            return
+        # The keytab authenticates as the gMSA.
+        self.n += 1
+        env = self.domain.krb5_env(f"FILE:{self.scratch / f'kinit-{self.n}.cc'}")
+        self._ok(["kinit", "-k", "-t", str(self.keytab), self.principal], env,
+                 "kinit with the lease keytab")
+
+
+def start_daemon(domain: RotationDomain, root: Path, **overrides: str) -> Daemon:
+    """credfetcherd on the fake clock, writing keytabs, with 1-hour tickets."""
+    settings = {
+        "CF_LDAP_CA_FILE": str(domain.ca_bundle),
+        "CF_WRITE_KEYTAB": "true",
+        "CF_TICKET_LIFETIME": "3600",
+        "CF_RENEW_MARGIN": "600",
+    } | overrides
+    env = daemon_env(domain.dc, root, **settings)
+    root.mkdir(parents=True, exist_ok=True)
+    daemon = Daemon(domain.dc, root, domain.clock.env(env))
+    daemon.start(timeout=60)
+    return daemon
