@@ -129,18 +129,20 @@ class GmsaAccount:
         ):
             record, mp = self._reread_kvno(record)
         kvno = record.kvno if record.kvno is not None else 1
-        if (
-            earlier is not None
-            and mp.previous is None
-            and not authenticates_with_previous(mp)
-            and kvno == earlier.kvno + 1
-            and password_for_authentication(earlier.managed_password) != mp.current
-        ):
+        if earlier is not None and mp.previous is None and not authenticates_with_previous(mp):
             # A gMSA younger than one password interval gets no PreviousPassword in its blob,
-            # even right after its first change; the password we used until then is that
-            # previous one, at the version before. Keytabs keep it, so service tickets issued
-            # before the change still decrypt (a restart loses it, the DC never had it).
-            mp = replace(mp, previous=password_for_authentication(earlier.managed_password))
+            # even after its first change; the password we used until then is that previous
+            # one, at the version before. Keytabs keep it (and keep keeping it on later reads of
+            # the same password), so service tickets issued before the change still decrypt. A
+            # restart loses it: the DC never says it.
+            was = password_for_authentication(earlier.managed_password)
+            carried = None
+            if kvno == earlier.kvno + 1 and was != mp.current:
+                carried = was
+            elif kvno == earlier.kvno and was == mp.current:
+                carried = earlier.managed_password.previous
+            if carried is not None:
+                mp = replace(mp, previous=carried)
         # The password the KDC accepts now, at the version the DC shows for it: in the five
         # minutes before a change the DC hands out the next password as CurrentPassword but
         # still shows the kvno of the one in effect (PreviousPassword).

@@ -101,6 +101,7 @@ class RotationDomain:
             CF_SAMBA_REALM=REALM,
             CF_SAMBA_NETBIOS=NETBIOS,
             CF_SAMBA_FAKETIME=str(self.clock.path),
+            CF_SAMBA_NO_GMSAS="1",
         )
 
     def samba_tool(self, *args: str, dc: int = 1) -> str:
@@ -229,6 +230,7 @@ def rotation_domain() -> Iterator[RotationDomain]:
         CF_SAMBA_REALM=REALM,
         CF_SAMBA_NETBIOS=NETBIOS,
         CF_SAMBA_FAKETIME=str(clock.path),
+        CF_SAMBA_NO_GMSAS="1",
     )
     # Leftovers of an interrupted session (a DC may even be stopped by SIGSTOP): stop them.
     _script("stop", env)

@@ -593,11 +593,14 @@ def test_a_young_gmsa_keeps_the_password_it_had_as_previous_after_its_first_chan
     account, _ = make_account(
         (blob(PW_NOW, None, 600), 1),
         (blob(PW_NEXT, None, 20 * 3600), 2),  # right after the first change: no previous
+        (blob(PW_NEXT, None, 19 * 3600), 2),  # a later read (a rejected key, say): still none
     )
     material = account.material()
     assert keytab_of(account, material) == expected((PW_NOW, 1))
     clock.now = material.refetch_at
     material = account.material()
+    assert keytab_of(account, material) == expected((PW_NEXT, 2), (PW_NOW, 1))
+    material = account.material(refresh=True)
     assert keytab_of(account, material) == expected((PW_NEXT, 2), (PW_NOW, 1))
     # A fresh start knows nothing of the earlier password: only what the DC says.
     fresh, _ = make_account((blob(PW_NEXT, None, 20 * 3600), 2))
