@@ -119,36 +119,64 @@ class RotationDomain:
         """MIT tools pointed at this domain, on the fake clock (the KDC checks skew)."""
         return self.clock.env(self.dc.krb5_env(ccache))
 
-    def new_gmsa(self, prefix: str) -> str:
-        """A fresh gMSA changing every 20 h (interval 1 day), AES only, readable by CFHOST$."""
-        name = f"{prefix}{int(self.clock.now()) % 10**7:07d}"[:15]
-        dns = f"{name}.{self.dc.domain}"
-        self.samba_tool("service-account", "create", f"--name={name}", f"--dns-host-name={dns}",
-                        "--managed-password-interval=1")
-        self.samba_tool("service-account", "group-msa-membership", "add", f"--name={name}$",
-                        "--principal=CFHOST$")
-        self.samba_tool("user", "enable", f"{name}$")
-        # Without AES enctypes on the account Samba issues RC4 service tickets to it.
-        ldif = (f"dn: CN={name},CN=Managed Service Accounts,{self.dc.base_dn}\n"
-                "changetype: modify\nreplace: msDS-SupportedEncryptionTypes\n"
-                "msDS-SupportedEncryptionTypes: 24\n")
-        script = (
+    def _samba_python(self, script: str, *args: str, stdin: str = "") -> str:
+        """Samba's own Python (SamDB on dc1's local database), on the fake clock."""
+        prelude = (
             "import sys\n"
             "from samba.samdb import SamDB\nfrom samba.param import LoadParm\n"
             "from samba.auth import system_session\n"
             "lp = LoadParm(); lp.load(sys.argv[1])\n"
-            "SamDB(url=sys.argv[2], session_info=system_session(), lp=lp)"
-            ".modify_ldif(sys.stdin.read())\n"
+            "db = SamDB(url=sys.argv[2], session_info=system_session(), lp=lp)\n"
         )
         proc = subprocess.run(
-            ["/usr/bin/python3", "-c", script, str(self.dc.state / "etc" / "smb.conf"),
-             str(self.dc.state / "private" / "sam.ldb")],
-            input=ldif, env=self.clock.env(), capture_output=True, text=True, timeout=60,
+            ["/usr/bin/python3", "-c", prelude + script,
+             str(self.dc.state / "etc" / "smb.conf"),
+             str(self.dc.state / "private" / "sam.ldb"), *args],
+            input=stdin, env=self.clock.env(), capture_output=True, text=True, timeout=60,
             check=False,
         )
         assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout
+
+    def new_gmsas(self, *prefixes: str) -> list[str]:
+        """Fresh gMSAs changing every 20 h (interval 1 day), AES only, readable by CFHOST$.
+
+        Created with one samba-tool call each (membership given as SDDL), then enabled and
+        given AES enctypes (without them Samba issues RC4 service tickets to the account) in one
+        Samba Python call, then replicated to dc2 at once.
+        """
+        sid = self._samba_python(
+            "from samba.ndr import ndr_unpack\nfrom samba.dcerpc import security\n"
+            "m = db.search(expression='(sAMAccountName=CFHOST$)', attrs=['objectSid'])[0]\n"
+            "print(ndr_unpack(security.dom_sid, m['objectSid'][0]))\n"
+        ).strip()
+        stamp = int(self.clock.now()) % 10**7
+        names = [f"{prefix}{stamp:07d}"[:15] for prefix in prefixes]
+        assert len(set(names)) == len(names), names
+        ldif = []
+        for name in names:
+            self.samba_tool(
+                "service-account", "create", f"--name={name}",
+                f"--dns-host-name={name}.{self.dc.domain}", "--managed-password-interval=1",
+                f"--group-msa-membership=O:BAD:(A;;CCDCLCSWRPWPDTLOCRSDRCWDWO;;;{sid})",
+            )
+            ldif.append(f"CN={name},CN=Managed Service Accounts,{self.dc.base_dn}")
+        self._samba_python(
+            "import ldb\n"
+            "for dn in sys.stdin.read().splitlines():\n"
+            "    m = db.search(base=dn, scope=ldb.SCOPE_BASE, attrs=['userAccountControl'])[0]\n"
+            "    uac = int(m['userAccountControl'][0]) & ~2  # UF_ACCOUNTDISABLE\n"
+            "    db.modify_ldif(f'dn: {dn}\\nchangetype: modify\\n'\n"
+            "        f'replace: userAccountControl\\nuserAccountControl: {uac}\\n-\\n'\n"
+            "        'replace: msDS-SupportedEncryptionTypes\\n'\n"
+            "        'msDS-SupportedEncryptionTypes: 24\\n')\n",
+            stdin="\n".join(ldif),
+        )
         self.replicate()
-        return name
+        return names
+
+    def new_gmsa(self, prefix: str) -> str:
+        return self.new_gmsas(prefix)[0]
 
     def replicate(self) -> None:
         """Have dc2 pull the domain partition from dc1 now (not at its next periodic pull).

@@ -64,8 +64,13 @@ def test_keytab_and_ccache_through_two_rotations_and_a_restart(
         # The second change, with a daemon restart inside its window.
         change2 = domain.next_change(gmsa)
         assert change2 > change1
+        ticket = judge.ccache.read_bytes()
         clock.jump_to(change2 - 600)
-        time.sleep(11)  # a renewal pass on the new time (tickets of the first change expired)
+        # A renewal on the new time (the tickets of the first change have expired meanwhile).
+        deadline = time.monotonic() + 30
+        while judge.ccache.read_bytes() == ticket and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert judge.ccache.read_bytes() != ticket, daemon.log()[-4000:]
         wait_for_keytab(judge.keytab, [kvno + 1, kvno], daemon)
         judge.check()
         before_window = judge.service_ticket()

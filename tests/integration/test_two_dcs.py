@@ -103,7 +103,7 @@ def test_dc1_stopped_then_killed_then_back(
     rotation_domain: RotationDomain, tmp_path: Path
 ) -> None:
     domain, clock = rotation_domain, rotation_domain.clock
-    gmsas = [domain.new_gmsa(f"fo{n}") for n in range(4)]  # replicated to dc2 at creation
+    gmsas = domain.new_gmsas("foa", "fob", "foc", "fod")  # replicated to dc2 at creation
     change = domain.change_ahead(gmsas[0], 7300)
     clock.jump_to(change - 7200)
     daemon = start_daemon(
@@ -153,11 +153,12 @@ def test_dc1_stopped_then_killed_then_back(
             Judge(domain, gmsas[2], third, scratch).check()
             assert health(daemon) == "OK"
         # dc1 is back (samba-ad.sh up); now dc2 goes away and dc1 alone must serve.
+        # (A new lease needs LDAP and the KDC; renewals meeting a frozen DC were shown above.)
         with dc_signalled(domain, 2, signal.SIGSTOP):
-            before = {c: endtime(domain, c) for c in ccaches}
-            clock.jump_to(clock.now() + RENEW_JUMP)
-            wait_until_renewed(domain, ccaches, before, daemon)
+            started = time.monotonic()
             lease = daemon.add(gmsas[3], timeout=FAILOVER_BUDGET + 30)
+            took = time.monotonic() - started
+            assert took < FAILOVER_BUDGET, f"{took:.1f} s\n{daemon.log()[-6000:]}"
             assert lease.created_kerberos_file_paths
             assert health(daemon) == "OK"
         assert daemon.stop() == 0
