@@ -59,7 +59,12 @@ _KVNO_READS = 2
 
 @dataclass(frozen=True)
 class KeyMaterial:
-    """Keys derived from one read of the managed password. Secrets hidden from repr."""
+    """Keys derived from one read of the managed password. Secrets hidden from repr.
+
+    ``kvno`` is the version of the password in effect (read consistently with the blob);
+    ``managed_password`` is the DC's blob, except that a young gMSA's missing PreviousPassword may
+    be filled in from this account's earlier read (see :meth:`GmsaAccount._fetch`).
+    """
 
     principal: str
     dn: str
