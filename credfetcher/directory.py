@@ -426,16 +426,54 @@ class _Slot:
 
 
 class _AttemptFailed(Exception):
-    """One endpoint did not work; ``timed_out`` skips the DC's other transports."""
+    """One endpoint did not work; ``timed_out`` skips the DC's other transports.
+
+    ``refused``: the DC answered, with an LDAP result code that says it will not serve the
+    search (operationsError, insufficientAccessRights, unwillingToPerform, busy...): reachable,
+    so the operator should look at the DC rather than at the network.
+    """
 
     def __init__(self, reason: str, *, timed_out: bool = False, unreachable: bool = False,
-                 bind: bool = False, layer: bool = False) -> None:
+                 bind: bool = False, layer: bool = False, refused: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.timed_out = timed_out
         self.unreachable = unreachable or timed_out
         self.bind = bind
         self.layer = layer
+        self.refused = refused
+
+
+def _unavailable_message(
+    domain: str, timeout: float, attempts: list[tuple[str, str]], refusals: set[str]
+) -> str:
+    """Why no DC served a read: refusals (the DC's answer) told apart from unreachable DCs."""
+    refused = [(where, why) for where, why in attempts if where in refusals]
+    failed = [(where, why) for where, why in attempts if where not in refusals]
+
+    def listed(items: list[tuple[str, str]]) -> str:
+        return "; ".join(f"{where}: {why}" for where, why in items)
+
+    refusal_hint = (
+        "The network is fine: the DC answered, and its own log says why it refused "
+        "(operationsError: a failure inside the DC; insufficientAccessRights: the reading "
+        "identity's rights; busy or unwillingToPerform: load or policy)."
+    )
+    network_hint = (
+        f"Check the DC list or DNS, network reachability of ports 389/636, and the timeout "
+        f"({timeout:g} s)."
+    )
+    if refused and not failed:
+        return (
+            f"every domain controller for {domain} that was tried refused to serve the "
+            f"managed password ({listed(refused)}). {refusal_hint}"
+        )
+    if refused:
+        return (
+            f"no domain controller for {domain} served the managed password: refused by "
+            f"{listed(refused)}; unreachable: {listed(failed)}. {refusal_hint} {network_hint}"
+        )
+    return f"no domain controller for {domain} answered ({listed(failed)}). {network_hint}"
 
 
 def _describe(exc: BaseException) -> str:
@@ -515,6 +553,7 @@ class DirectoryClient:
         dcs = self._ordered_dcs()
         attempts: list[tuple[str, str]] = []
         bind_failures: list[str] = []
+        refusals: set[str] = set()  # endpoint labels whose DC answered with a refusal
         for dc in dcs:
             for endpoint in self._endpoints(dc):
                 try:
@@ -528,6 +567,8 @@ class DirectoryClient:
                     )
                     if exc.bind:
                         bind_failures.append(endpoint.host)
+                    if exc.refused:
+                        refusals.add(endpoint.label)
                     with self._lock:
                         if exc.layer:
                             self._no_seal.add(dc)
@@ -552,9 +593,7 @@ class DirectoryClient:
                 dc=bind_failures[0],
             )
         raise errors.DCUnavailableError(
-            f"no domain controller for {self.config.domain} answered ({tried}). Check the DC "
-            f"list or DNS, network reachability of ports 389/636, and the timeout "
-            f"({self.config.timeout:g} s).",
+            _unavailable_message(self.config.domain, self.config.timeout, attempts, refusals),
             attempts=attempts,
         )
 
@@ -844,9 +883,12 @@ class DirectoryClient:
                 gmsa=sam,
             )
         if code not in (_SUCCESS, _SIZE_LIMIT_EXCEEDED):
-            # busy, unavailable, unwillingToPerform...: this DC cannot serve us now; try another.
+            # operationsError, busy, unwillingToPerform...: this DC answered but will not serve
+            # us now; try another, and say it refused (it is reachable).
             raise _AttemptFailed(
-                f"search failed: {result.get('description')} {result.get('message', '')}".strip()
+                f"refused the search: {result.get('description')} (LDAP result {code}) "
+                f"{result.get('message', '')}".strip(),
+                refused=True,
             )
         if len(entries) > 1:
             raise errors.DirectoryError(

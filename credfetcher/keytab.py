@@ -3,9 +3,9 @@
 The entries are written by MIT's own keytab code through pykrb5 (``kt_resolve`` + ``kt_add_entry``)
 into a fresh file in the daemon's private staging directory
 (:func:`credfetcher.files.atomic_target`), then renamed into place, so a service never reads a
-half-written keytab. Current keys go in at the directory's kvno and the
-previous password's keys at kvno - 1: service tickets issued just before a password change carry
-the old kvno and must still decrypt (RFC 4120 §5.3, the ``kvno`` of EncryptedData).
+half-written keytab. Two passwords go in, each at the kvno it has on the DC
+(:func:`keys_for_keytab`): service tickets issued on either side of a password change carry that
+version and must decrypt (RFC 4120 §5.3, the ``kvno`` of EncryptedData).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import krb5
 
-from credfetcher.blob import ManagedPassword
+from credfetcher.blob import ManagedPassword, authenticates_with_previous
 from credfetcher.errors import StorageError
 from credfetcher.files import Ownership, atomic_target
 from credfetcher.keys import KerberosKey, derive_keys
@@ -32,12 +32,28 @@ def keys_for_keytab(
     rc4: bool = False,
     salt: bytes | None = None,
 ) -> list[KerberosKey]:
-    """Keys of the current password at ``kvno``, then of the previous one at ``kvno - 1``.
+    """The keys an acceptor needs, labelled with the kvno each password has (or will have).
 
-    The previous password's keys are left out when there is none, or when ``kvno`` is 1 (no
-    earlier version exists, and kvno 0 means "any version" to keytab lookups). ``salt`` as in
-    :func:`credfetcher.keys.derive_keys`.
+    ``kvno`` is the key version in effect, as the DC's ``msDS-KeyVersionNumber`` shows it when
+    read consistently with ``mp`` (:mod:`credfetcher.accounts`). The DC's blob has two shapes:
+
+    * Outside the last five minutes before a change (MS-ADTS 3.1.1.4.4.1): CurrentPassword is in
+      effect at ``kvno`` and PreviousPassword was in effect at ``kvno - 1``. Keys: current at
+      ``kvno``, then previous at ``kvno - 1`` (service tickets issued before the last change
+      still decrypt).
+    * Inside them (:func:`credfetcher.blob.authenticates_with_previous`): CurrentPassword is
+      already the *next* password and PreviousPassword is the one in effect, while the DC still
+      shows the kvno in effect. Keys: previous at ``kvno`` (in effect, so first), then current at
+      ``kvno + 1`` (service tickets issued right after the change decrypt too).
+
+    A password without a version to carry is left out: the previous one when ``kvno`` is 1 (no
+    earlier version exists, and kvno 0 means "any version" to keytab lookups), or when there is
+    none. ``salt`` as in :func:`credfetcher.keys.derive_keys`.
     """
+    if authenticates_with_previous(mp) and mp.previous is not None:
+        keys = derive_keys(mp.previous, realm, sam_account_name, kvno, rc4=rc4, salt=salt)
+        keys += derive_keys(mp.current, realm, sam_account_name, kvno + 1, rc4=rc4, salt=salt)
+        return keys
     keys = derive_keys(mp.current, realm, sam_account_name, kvno, rc4=rc4, salt=salt)
     if mp.previous is not None and kvno > 1:
         keys += derive_keys(mp.previous, realm, sam_account_name, kvno - 1, rc4=rc4, salt=salt)

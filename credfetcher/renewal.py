@@ -397,7 +397,7 @@ class RenewalScheduler:
             return [
                 k
                 for k, g in self._groups.items()
-                if g.account is not None and g.next_attempt <= now
+                if g.account is not None and (g.next_attempt <= now or _keys_due(g, now))
             ]
 
     def next_due_in(self) -> float:
@@ -672,3 +672,23 @@ class RenewalScheduler:
             # Wake at least every 10 s: keeps the heartbeat (watchdog, HealthCheck) fresh.
             self._wake.wait(timeout=min(self.next_due_in(), 10.0))
             self._wake.clear()
+
+
+def _keys_due(group: GroupState, now: float) -> bool:
+    """A group with keytabs is due when its account's keys must be read again.
+
+    Keytabs follow the password, not the ticket (``docs/rotation.md``): the account re-reads the
+    managed password five minutes before a change and right after it, and the keytabs must get
+    the next (then the new) password then, not at the ticket's expiry hours later. An account
+    whose keys were never read (leases recovered at start-up) is due at once: the keytabs on
+    disk may predate a change. Not while the group is backing off after a failure: its own
+    ``next_attempt`` decides then. The loop wakes at least every 10 s, so no ``next_due_in``
+    change is needed.
+    """
+    if group.failures or not any(t.keytab is not None for t in group.targets.values()):
+        return False
+    keys_due_at = getattr(group.account, "keys_due_at", None)
+    if not callable(keys_due_at):
+        return False
+    when = keys_due_at()
+    return when is None or (isinstance(when, float) and when <= now)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+# The private two-DC domain on a fake clock (test_rotation, test_two_dcs).
+from tests.integration.rotation_domain import rotation_domain  # noqa: F401
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:

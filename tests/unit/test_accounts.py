@@ -8,6 +8,8 @@ should have been used, so every test names *which* password authenticated.
 from __future__ import annotations
 
 import hashlib
+import logging
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ from typing import cast
 import pytest
 
 from credfetcher import tickets
-from credfetcher.accounts import CLOCK_SKEW, GmsaAccount
+from credfetcher.accounts import CLOCK_SKEW, GmsaAccount, KeyMaterial
 from credfetcher.directory import DirectoryClient, GmsaRecord
 from credfetcher.errors import DCUnavailableError, KerberosError, KeyRejectedError
 from credfetcher.identity import HostIdentity
@@ -64,19 +66,37 @@ class FakeClock:
 
 @dataclass
 class FakeDirectory:
-    """Answers fetch_managed_password with the next queued (blob, kvno), repeating the last."""
+    """Answers fetch_managed_password with the next queued (blob, kvno), repeating the last.
+
+    The account's second read for the key version (``GmsaAccount._reread_kvno``) does not move
+    the queue: it gets the answer just given again (counted in ``rereads``), or the next one
+    queued in ``reread_answers`` when a test plays a DC whose first read was stale.
+    """
 
     answers: list[tuple[bytes, int]]
     fetches: int = 0
+    rereads: int = 0
+    reread_answers: list[tuple[bytes, int]] = field(default_factory=list)
     gate: threading.Event | None = None  # when set, a fetch waits for it
     entered: threading.Event = field(default_factory=threading.Event)
 
     def fetch_managed_password(self, gmsa_name: str, identity: object) -> GmsaRecord:
+        if sys._getframe(1).f_code.co_name == "_reread_kvno":
+            self.rereads += 1
+            if self.reread_answers:
+                data, kvno = self.reread_answers.pop(0)
+            else:
+                data, kvno = self.answers[min(self.fetches, len(self.answers)) - 1]
+            return self.record(gmsa_name, data, kvno)
         self.fetches += 1
         self.entered.set()
         if self.gate is not None:
             assert self.gate.wait(30), "test never released the fetch"
         data, kvno = self.answers[min(self.fetches, len(self.answers)) - 1]
+        return self.record(gmsa_name, data, kvno)
+
+    @staticmethod
+    def record(gmsa_name: str, data: bytes, kvno: int) -> GmsaRecord:
         return GmsaRecord(
             sam_account_name=f"{gmsa_name}$",
             dn=f"CN={gmsa_name},CN=Managed Service Accounts,DC=example,DC=test",
@@ -169,8 +189,12 @@ def test_far_from_a_change_the_current_password_authenticates(
 def test_inside_the_five_minute_window_the_previous_password_authenticates(
     make_account: MakeAccount, kdc: FakeKdc, query: timedelta
 ) -> None:
-    """CurrentPassword is already the next one; the KDC still wants the previous (kvno - 1)."""
-    account, _ = make_account((blob(PW_NEXT, PW_NOW, query.total_seconds()), 4))
+    """CurrentPassword is already the next one; the KDC still wants the previous one.
+
+    The DC still shows the kvno in effect (3) then (measured on Samba 4.22): it is the previous
+    password's kvno, not the current one's.
+    """
+    account, _ = make_account((blob(PW_NEXT, PW_NOW, query.total_seconds()), 3))
     kdc.accept(PW_NOW, 3)
     account.acquire_tgt()
     assert kdc.used == [keys_of(PW_NOW, 3)]
@@ -201,7 +225,7 @@ def test_across_a_rotation_previous_then_the_new_password(
 ) -> None:
     """Read 2 minutes before the change (previous used), re-read right after it (new used)."""
     account, directory = make_account(
-        (blob(PW_NEXT, PW_NOW, 120), 4),  # before the change: DC already hands out PW_NEXT
+        (blob(PW_NEXT, PW_NOW, 120), 3),  # before the change: DC already hands out PW_NEXT
         (blob(PW_NEXT, PW_NOW, 30 * DAY), 4),  # after it
     )
     kdc.accept(PW_NOW, 3)
@@ -469,3 +493,115 @@ def test_concurrent_new_leases_wait_for_one_as_exchange(
     assert len(got) == 16
     assert len({id(t) for t in got}) == 1
     assert len(kdc.used) == 1
+
+
+# -- the kvno, read consistently with the blob, and the keytab at every moment of a change ---------
+
+
+def keytab_of(account: GmsaAccount, material: KeyMaterial) -> list[tuple[int, bytes]]:
+    return [(k.kvno, k.contents) for k in account.keytab_keys(material, rc4=False)]
+
+
+def expected(*pairs: tuple[bytes, int]) -> list[tuple[int, bytes]]:
+    return [(k.kvno, k.contents) for pw, kvno in pairs for k in derive_keys(pw, REALM, GMSA, kvno)]
+
+
+def test_the_read_that_rolls_keys_over_shows_the_old_kvno_and_is_read_again(
+    make_account: MakeAccount, kdc: FakeKdc
+) -> None:
+    """Samba's first read after a change answers the new blob with the old kvno (measured)."""
+    after = blob(PW_NEXT, PW_NOW, 20 * 3600)
+    account, directory = make_account((after, 3))
+    # The second read's intervals have counted down: the same passwords all the same.
+    directory.reread_answers = [(blob(PW_NEXT, PW_NOW, 20 * 3600 - 1), 4)]
+    material = account.material()
+    assert (directory.fetches, directory.rereads) == (1, 1)
+    assert material.kvno == 4
+    assert material.auth_keys == keys_of(PW_NEXT, 4)
+    assert keytab_of(account, material) == expected((PW_NEXT, 4), (PW_NOW, 3))
+
+
+def test_a_reread_that_shows_another_blob_is_read_once_more(
+    make_account: MakeAccount, kdc: FakeKdc
+) -> None:
+    """A change between the two reads: the kvno is taken from two reads of the same blob."""
+    before = blob(PW_NOW, PW_OLD, 301)
+    after = blob(PW_NEXT, PW_NOW, 20 * 3600)
+    account, directory = make_account((before, 3))
+    directory.reread_answers = [(after, 3), (after, 4)]
+    material = account.material()
+    assert directory.rereads == 2
+    assert (material.kvno, material.managed_password.current) == (4, PW_NEXT)
+
+
+def test_reads_inside_the_window_or_of_a_known_password_are_not_repeated(
+    make_account: MakeAccount, kdc: FakeKdc, clock: FakeClock
+) -> None:
+    account, directory = make_account(
+        (blob(PW_NEXT, PW_NOW, 200), 3),  # a start inside the window: no roll-over to fear
+    )
+    material = account.material()
+    assert directory.rereads == 0
+    assert material.kvno == 3
+    assert keytab_of(account, material) == expected((PW_NOW, 3), (PW_NEXT, 4))
+
+
+def test_keytab_and_log_through_two_rotations(
+    make_account: MakeAccount, kdc: FakeKdc, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """-10 min, the window, right after the change (stale kvno first), then the next rotation."""
+    pw_later = password("later")
+    start = blob(PW_NOW, PW_OLD, 600)
+    after1 = blob(PW_NEXT, PW_NOW, 20 * 3600)
+    after2 = blob(pw_later, PW_NEXT, 20 * 3600)
+    account, directory = make_account(
+        (start, 3),
+        (blob(PW_NEXT, PW_NOW, 300), 3),
+        (after1, 3),  # the read that rolls the keys over: new blob, old kvno
+        (blob(pw_later, PW_NEXT, 300), 4),
+        (after2, 4),
+    )
+    # Only reads showing a password in effect not seen before are repeated: the first, and
+    # the first after each change.
+    directory.reread_answers = [(start, 3), (after1, 4), (after2, 5)]
+    caplog.set_level(logging.INFO, logger="credfetcher.accounts")
+    steps: list[list[tuple[int, bytes]]] = []
+    for _ in range(5):
+        material = account.material()
+        steps.append(keytab_of(account, material))
+        clock.now = material.refetch_at
+    assert (directory.fetches, directory.rereads, directory.reread_answers) == (5, 3, [])
+    assert steps[0] == expected((PW_NOW, 3), (PW_OLD, 2))
+    assert steps[1] == expected((PW_NOW, 3), (PW_NEXT, 4))
+    assert steps[2] == expected((PW_NEXT, 4), (PW_NOW, 3))
+    assert steps[3] == expected((PW_NEXT, 4), (pw_later, 5))
+    assert steps[4] == expected((pw_later, 5), (PW_NEXT, 4))
+    changes = [r for r in caplog.records if "changed" in r.getMessage()]
+    assert [r.getMessage() for r in changes] == [
+        f"password of {GMSA}$@{REALM} changed on dc1.example.test: kvno 3 -> 4",
+        f"password of {GMSA}$@{REALM} changed on dc1.example.test: kvno 4 -> 5",
+    ]
+    assert all(r.levelno == logging.INFO for r in changes)
+    assert all((r.__dict__["GMSA"], r.__dict__["DC"]) == (GMSA, "dc1.example.test")
+               for r in changes)
+
+
+def test_a_young_gmsa_keeps_the_password_it_had_as_previous_after_its_first_change(
+    make_account: MakeAccount, kdc: FakeKdc, clock: FakeClock
+) -> None:
+    """Samba's blob has no PreviousPassword until the account is one interval old."""
+    account, _ = make_account(
+        (blob(PW_NOW, None, 600), 1),
+        (blob(PW_NEXT, None, 20 * 3600), 2),  # right after the first change: no previous
+        (blob(PW_NEXT, None, 19 * 3600), 2),  # a later read (a rejected key, say): still none
+    )
+    material = account.material()
+    assert keytab_of(account, material) == expected((PW_NOW, 1))
+    clock.now = material.refetch_at
+    material = account.material()
+    assert keytab_of(account, material) == expected((PW_NEXT, 2), (PW_NOW, 1))
+    material = account.material(refresh=True)
+    assert keytab_of(account, material) == expected((PW_NEXT, 2), (PW_NOW, 1))
+    # A fresh start knows nothing of the earlier password: only what the DC says.
+    fresh, _ = make_account((blob(PW_NEXT, None, 20 * 3600), 2))
+    assert keytab_of(fresh, fresh.material()) == expected((PW_NEXT, 2))

@@ -13,12 +13,14 @@ from credfetcher.directory import (
     DirectoryConfig,
     GmsaRecord,
     Transport,
+    _AttemptFailed,
     base_dn_for_domain,
     gmsa_filter,
     normalize_gmsa_name,
     tls_server_end_point,
 )
 from credfetcher.discovery import parse_dc_list
+from credfetcher.identity import HostIdentity
 
 
 def test_filter_escapes_rfc4515_specials() -> None:
@@ -151,3 +153,64 @@ def test_channel_binding_rsassa_pss_uses_params_hash() -> None:
 def test_channel_binding_rejects_garbage() -> None:
     with pytest.raises(ValueError, match="certificate"):
         tls_server_end_point(b"\x30\x05\x01")
+
+
+def _client_failing_with(
+    monkeypatch: pytest.MonkeyPatch, failures: dict[str, _AttemptFailed]
+) -> DirectoryClient:
+    dcs = parse_dc_list(" ".join(f"ldaps://{host}" for host in failures))
+    client = DirectoryClient(DirectoryConfig("example.com", dcs, timeout=2))
+
+    def fail(endpoint: object, identity: object, sam: str) -> GmsaRecord:
+        raise failures[endpoint.host]  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(client, "_fetch_on", fail)
+    return client
+
+
+HOST = HostIdentity("HOST$@EXAMPLE.COM", Path("/nonexistent/krb5.keytab"))
+
+
+def test_a_dc_that_refuses_is_not_called_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
+    client = _client_failing_with(monkeypatch, {
+        "dc1.example.com": _AttemptFailed(
+            "refused the search: operationsError (LDAP result 1)", refused=True),
+        "dc2.example.com": _AttemptFailed(
+            "refused the search: insufficientAccessRights (LDAP result 50)", refused=True),
+    })
+    with pytest.raises(errors.DCUnavailableError) as info:
+        client.fetch_managed_password("webapp01", HOST)
+    message = info.value.message
+    assert message.startswith("every domain controller for example.com that was tried refused")
+    assert "operationsError" in message
+    assert "insufficientAccessRights" in message
+    assert "its own log says why" in message
+    assert "reachability" not in message
+    assert "DNS" not in message
+    assert [where for where, _ in info.value.attempts] == [
+        "ldaps://dc1.example.com:636", "ldaps://dc2.example.com:636"]
+
+
+def test_refusals_and_unreachable_dcs_are_named_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    client = _client_failing_with(monkeypatch, {
+        "dc1.example.com": _AttemptFailed("timed out", timed_out=True),
+        "dc2.example.com": _AttemptFailed(
+            "refused the search: busy (LDAP result 51)", refused=True),
+    })
+    with pytest.raises(errors.DCUnavailableError) as info:
+        client.fetch_managed_password("webapp01", HOST)
+    message = info.value.message
+    assert "refused by ldaps://dc2.example.com:636: refused the search: busy" in message
+    assert "unreachable: ldaps://dc1.example.com:636: timed out" in message
+    assert "reachability of ports 389/636" in message
+
+
+def test_unreachable_dcs_keep_the_network_advice(monkeypatch: pytest.MonkeyPatch) -> None:
+    client = _client_failing_with(monkeypatch, {
+        "dc1.example.com": _AttemptFailed("connect failed: [Errno 111] Connection refused",
+                                          unreachable=True),
+    })
+    with pytest.raises(errors.DCUnavailableError) as info:
+        client.fetch_managed_password("webapp01", HOST)
+    assert info.value.message.startswith("no domain controller for example.com answered (")
+    assert "reachability of ports 389/636" in info.value.message

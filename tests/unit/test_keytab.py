@@ -105,3 +105,31 @@ def test_bad_key_leaves_nothing_behind(tmp_path: Path) -> None:
     assert path.read_bytes() == b"old"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX)]
     assert list((tmp_path / PRIVATE_DIR).iterdir()) == []
+
+
+def overlap(previous: bytes | None) -> ManagedPassword:
+    """The blob of the last five minutes before a change: CURRENT is already the next password."""
+    return ManagedPassword(
+        current=CURRENT,
+        previous=previous,
+        query_interval=timedelta(minutes=4, seconds=50),
+        unchanged_interval=timedelta(0),
+    )
+
+
+@pytest.mark.parametrize("kvno", [1, 7])
+def test_keys_for_keytab_before_a_change_in_effect_at_kvno_next_at_kvno_plus_one(
+    kvno: int,
+) -> None:
+    """The DC still shows the kvno in effect: PREVIOUS is in effect at it, CURRENT comes next."""
+    keys = keys_for_keytab(overlap(PREVIOUS), REALM, "webapp01", kvno, rc4=True)
+    assert keys == derive_keys(PREVIOUS, REALM, "webapp01", kvno, rc4=True) + derive_keys(
+        CURRENT, REALM, "webapp01", kvno + 1, rc4=True
+    )
+
+
+def test_keys_for_keytab_before_a_change_without_previous_keeps_current() -> None:
+    """A blob without a previous password has nothing else to offer (the KDC takes CURRENT)."""
+    assert keys_for_keytab(overlap(None), REALM, "webapp01", 1) == derive_keys(
+        CURRENT, REALM, "webapp01", 1
+    )
