@@ -234,51 +234,65 @@ class LeaseStore:
         return removed
 
     def recover(self) -> list[LeaseRecord]:
-        """Clean up after a crash and return every lease found on disk.
+        """Clean up after a crash and return every lease found on disk (:meth:`scan`, then
+        :meth:`load` of each)."""
+        return [record for name in self.scan() if (record := self.load(name)) is not None]
 
-        Staging and half-deleted directories and the private directory's leftovers are removed;
-        a lease directory whose metadata is missing or unreadable cannot be served or renewed
-        and is removed, with a warning naming it. Metadata is read from a checked fd (a FIFO, a
-        symlink or a foreign file at its name is unreadable, never waited on or followed).
+    def scan(self) -> list[str]:
+        """Clean up after a crash; return the names of the lease directories, sorted.
+
+        Staging and half-deleted directories and the private directory's leftovers are removed.
+        One directory listing and no file read: a daemon serves right after this and loads the
+        leases themselves (:meth:`load`) in the background.
         """
         self.prepare()
         leftovers = clean_private_dir(self.krb_dir)
         if leftovers:
             log.info("removed %d leftover(s) of interrupted writes", leftovers)
-        records: list[LeaseRecord] = []
-        for entry in sorted(self.krb_dir.iterdir()):
-            name = entry.name
-            if name == PRIVATE_DIR:
-                continue
-            if name.startswith(TEMP_PREFIX):
-                log.info("removing leftover %s from an interrupted request", entry)
-                _remove(self.krb_dir, entry)
-                continue
-            if entry.is_symlink() or not entry.is_dir():
-                continue
-            try:
-                validate_lease_id(name)
-                data = read_regular(
-                    self.metadata_path(name), root=self.krb_dir, owner=os.geteuid()
-                )
-                if data is None:
-                    raise ValueError("no metadata")
-                record = decode_metadata(data)
-                if record.lease_id != name:
-                    raise ValueError(f"metadata names lease {record.lease_id!r}")
-            except (InvalidRequestError, OSError, ValueError, KeyError, TypeError) as exc:
-                log.warning("removing %s: not a readable lease (%s)", entry, exc)
-                _remove(self.krb_dir, entry)
-                continue
-            except StorageError as exc:
-                log.warning("removing %s: not a readable lease (%s)", entry, exc.message)
-                _remove(self.krb_dir, entry)
-                continue
-            self._tighten(record)
-            for gmsa in record.entries:
-                self._remove_old_temps(name, _checked_dir_name(gmsa))
-            records.append(record)
-        return records
+        names: list[str] = []
+        with os.scandir(self.krb_dir) as entries:
+            for entry in entries:
+                name = entry.name
+                if name == PRIVATE_DIR:
+                    continue
+                if name.startswith(TEMP_PREFIX):
+                    log.info("removing leftover %s from an interrupted request", entry.path)
+                    _remove(self.krb_dir, Path(entry.path))
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    names.append(name)
+        return sorted(names)
+
+    def load(self, name: str) -> LeaseRecord | None:
+        """The lease in directory ``name``, or None when it is gone or unreadable.
+
+        A lease directory whose metadata is missing or unreadable cannot be served or renewed
+        and is removed, with a warning naming it. Metadata is read from a checked fd (a FIFO, a
+        symlink or a foreign file at its name is unreadable, never waited on or followed).
+        """
+        entry = self.krb_dir / name
+        try:
+            validate_lease_id(name)
+            data = read_regular(self.metadata_path(name), root=self.krb_dir, owner=os.geteuid())
+            if data is None:
+                if not os.path.lexists(entry):
+                    return None  # deleted meanwhile
+                raise ValueError("no metadata")
+            record = decode_metadata(data)
+            if record.lease_id != name:
+                raise ValueError(f"metadata names lease {record.lease_id!r}")
+        except (InvalidRequestError, OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("removing %s: not a readable lease (%s)", entry, exc)
+            _remove(self.krb_dir, entry)
+            return None
+        except StorageError as exc:
+            log.warning("removing %s: not a readable lease (%s)", entry, exc.message)
+            _remove(self.krb_dir, entry)
+            return None
+        self._tighten(record)
+        for gmsa in record.entries:
+            self._remove_old_temps(name, _checked_dir_name(gmsa))
+        return record
 
     def _tighten(self, record: LeaseRecord) -> None:
         """Older versions made lease directories 0755 and metadata 0644 (any host user could

@@ -175,6 +175,7 @@ class RenewalScheduler:
         self._lock = threading.RLock()
         self._lease_locks: dict[str, threading.Lock] = {}
         self._wake = threading.Event()
+        self._held = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.heartbeat = 0.0
@@ -502,6 +503,9 @@ class RenewalScheduler:
             group.tgt, group.material = tgt, material
         for target in targets:
             self._write_target(account, target, tgt, material, write_keytabs)
+            # A pass over tens of thousands of files outlasts HealthCheck's and the watchdog's
+            # 60 s: progress counts as life.
+            self.heartbeat = time.monotonic()
         with self._lock:
             self._succeeded(group, tgt.info)
             group.material_id = id(material)
@@ -660,11 +664,25 @@ class RenewalScheduler:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def hold(self) -> None:
+        """No renewal pass until :meth:`release`; the loop keeps its heartbeat meanwhile.
+
+        For start-up recovery: leases registered one by one with expired tickets would each
+        make their group due, and a pass per lease loaded would rewrite the group's files over
+        and over. Held, the first pass after :meth:`release` renews each group once.
+        """
+        self._held.set()
+
+    def release(self) -> None:
+        self._held.clear()
+        self._wake.set()
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             self.heartbeat = time.monotonic()
             try:
-                self.run_due()
+                if not self._held.is_set():
+                    self.run_due()
             except Exception:
                 # The loop must outlive any bug in one renewal; the traceback goes to the log.
                 log.exception("renewal pass failed")

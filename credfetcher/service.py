@@ -137,6 +137,11 @@ class LeaseService:
         self._directories: dict[str, DirectoryClient] = {}
         self._accounts: dict[AccountKey, GmsaAccount] = {}
         self._leases: dict[str, LeaseRecord] = {}
+        # Lease directories found at start-up and not loaded yet (see start()).
+        self._pending: set[str] = set()
+        self._load_lock = threading.Lock()
+        self._recovered = threading.Event()
+        self._recovered.set()
         self._users: dict[tuple[str, str], UserIdentity] = {}
         self._lock = threading.RLock()
         self._add_slots = threading.BoundedSemaphore(CONCURRENT_ADDS)
@@ -229,38 +234,91 @@ class LeaseService:
     # -- start-up --------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Recover leases from disk, renew what is missing or expired, start the scheduler."""
+        """List the leases on disk, start the scheduler, load the leases in the background.
+
+        Only krbdir's listing happens before this returns, so the daemon serves at once whatever
+        the lease count: an upgrade's restart costs the ECS agent's or kubelet's calls nothing,
+        and systemd's start timeout is never near. A call that names a lease not loaded yet
+        loads it first (:meth:`_ensure_loaded`), so no lease on disk is ever NOT_FOUND; calls
+        that need every lease (domainless, ARN and secret renewals) wait for the loader.
+        Renewal is held while loading, then each due group is renewed once (one AS exchange
+        per account, not one per lease loaded), the earliest-ending first as always.
+        """
         # Off the start-up path: a slow or absent DC must not delay serving.
         threading.Thread(target=self.warm_up, name="warm-up", daemon=True).start()
-        records = self.store.recover()
-        now = self.clock()
-        for record in records:
-            with self._lock:
-                self._leases[record.lease_id] = record
-            for entry in record.entries:
-                target = self._target(record, entry.gmsa_name)
-                # From a checked fd (never a FIFO, a symlink or a file the daemon did not make);
-                # anything else reads as "no ticket": renewed now, and the write reports it.
-                info = tickets.read_ticket_info(
-                    target.ccache, root=self.store.krb_dir, owner=record.ownership.expected_uid
-                )
-                fresh = info if info is not None and info.endtime > now + 60 else None
-                if record.domainless_user is not None:
-                    identity: Identity | None = None
-                    key: object = ("waiting", record.domainless_user.lower(), entry.domain)
-                    account = None
-                    # Even an expired ticket tells when renewing stopped being possible: the
-                    # orphan clock of a lease waiting for its credentials starts there.
-                    fresh = info
-                else:
-                    identity = self.host_identity(entry.domain)
-                    account = self.account(entry.domain, entry.gmsa_name, identity)
-                    key = account.key
-                self.scheduler.register(key, account, target, fresh)
-        log.info("recovered %d lease(s) from %s", len(records), self.config.krb_dir)
-        # Missing or expired caches are due now; renew them before serving.
-        self.scheduler.run_due()
+        names = self.store.scan()
+        with self._lock:
+            self._pending = set(names)
+        self._recovered.clear()
+        self.scheduler.hold()
         self.scheduler.start()
+        threading.Thread(
+            target=self._recover, args=(names,), name="recovery", daemon=True
+        ).start()
+
+    def _recover(self, names: Sequence[str]) -> None:
+        try:
+            for name in names:
+                self._ensure_loaded(name)
+        except Exception:
+            log.exception("recovering the leases in %s failed", self.config.krb_dir)
+        finally:
+            with self._lock:
+                self._pending.clear()  # what the loop could not load is no lease to wait for
+            self._recovered.set()
+            self.scheduler.release()
+        with self._lock:
+            # Whoever loaded them (this loop, or a call that named one first), less any deleted.
+            loaded = sum(name in self._leases for name in names)
+        log.info("recovered %d lease(s) from %s", loaded, self.config.krb_dir)
+
+    def wait_recovered(self, timeout: float | None = None) -> bool:
+        """Block until every lease found at start-up is loaded; False on timeout."""
+        return self._recovered.wait(timeout)
+
+    def _ensure_loaded(self, lease_id: str) -> bool:
+        """Load ``lease_id`` now if it was found at start-up and is not loaded yet; True when
+        this call loaded it."""
+        with self._lock:
+            if lease_id not in self._pending:
+                return False
+        with self._load_lock:
+            with self._lock:
+                if lease_id not in self._pending:
+                    return False  # another caller loaded it while we waited
+            record = None
+            try:
+                record = self.store.load(lease_id)
+                if record is not None:
+                    self._register_recovered(record)
+            finally:
+                with self._lock:
+                    self._pending.discard(lease_id)
+        return record is not None
+
+    def _register_recovered(self, record: LeaseRecord) -> None:
+        now = self.clock()
+        with self._lock:
+            self._leases[record.lease_id] = record
+        for entry in record.entries:
+            target = self._target(record, entry.gmsa_name)
+            # From a checked fd (never a FIFO, a symlink or a file the daemon did not make);
+            # anything else reads as "no ticket": renewed now, and the write reports it.
+            info = tickets.read_ticket_info(
+                target.ccache, root=self.store.krb_dir, owner=record.ownership.expected_uid
+            )
+            fresh = info if info is not None and info.endtime > now + 60 else None
+            if record.domainless_user is not None:
+                account = None
+                key: object = ("waiting", record.domainless_user.lower(), entry.domain)
+                # Even an expired ticket tells when renewing stopped being possible: the
+                # orphan clock of a lease waiting for its credentials starts there.
+                fresh = info
+            else:
+                host = self.host_identity(entry.domain)
+                account = self.account(entry.domain, entry.gmsa_name, host)
+                key = account.key
+            self.scheduler.register(key, account, target, fresh)
 
     def warm_up(self) -> None:
         """Get the host's TGT and bind to a DC now, so the first lease doesn't wait for them.
@@ -444,6 +502,7 @@ class LeaseService:
     def delete_lease(self, lease_id: str) -> list[Path]:
         """DeleteKerberosLease: remove exactly that lease; return its ccache paths."""
         lease_id = validate_lease_id(lease_id)
+        self._ensure_loaded(lease_id)
         with self.scheduler.lease_lock(lease_id):
             try:
                 removed = self.store.delete(lease_id)
@@ -472,6 +531,7 @@ class LeaseService:
         raises that error (UNAUTHENTICATED, naming the user) and leaves every lease renewing
         with the credentials it had, so the scheduler never retries the refused password.
         """
+        self._recovered.wait()  # it concerns leases on disk that may not be loaded yet
         with self._lock:
             records = [
                 r
@@ -536,9 +596,10 @@ class LeaseService:
         when iteration starts: a lease deleted meanwhile is skipped, one added is not seen.
         """
         with self._lock:
-            ids = sorted(i for i in self._leases if i > after)
+            ids = sorted(i for i in self._leases.keys() | self._pending if i > after)
         wanted = gmsa.lower()
         for lease_id in ids:
+            self._ensure_loaded(lease_id)
             with self._lock:
                 record = self._leases.get(lease_id)
             if record is None:
@@ -735,6 +796,7 @@ class LeaseService:
         Every ARN lease is attempted; the first error is raised after all were tried (its
         message counts the failures). Returns the number of gMSA tickets renewed.
         """
+        self._recovered.wait()  # it concerns leases on disk that may not be loaded yet
         with self._lock:
             records = [r for r in self._leases.values() if r.kind == "arn"]
         read_secret = self._secret_reader(credentials)
@@ -882,6 +944,7 @@ class LeaseService:
 
     def _relabel(self, record: LeaseRecord, user_label: str) -> None:
         """Record in the lease's metadata which identity now reads its gMSAs' passwords."""
+        self._recovered.wait()  # it concerns leases on disk that may not be loaded yet
         if record.domainless_user == user_label:
             return
         with self.scheduler.lease_lock(record.lease_id), self._lock:
@@ -893,6 +956,7 @@ class LeaseService:
 
     def refresh_secret_identity(self) -> None:
         """One check of the periodic refresh: re-read when due, or early while renewals fail."""
+        self._recovered.wait()  # it concerns leases on disk that may not be loaded yet
         if self.config.aws_sm_secret_name is None:
             return
         with self._lock:

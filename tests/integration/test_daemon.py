@@ -143,8 +143,16 @@ def test_sigkill_restart_recovers_every_lease(daemon: Daemon) -> None:
     lost.unlink()
     daemon.start()
     with daemon.client() as stub:
+        # Listed at once (loaded on demand if the background recovery has not reached them)...
         listed = stub.ListLeases(pb.ListLeasesRequest())
-    assert sorted(lease.lease_id for lease in listed.leases) == sorted(made)
+        assert sorted(lease.lease_id for lease in listed.leases) == sorted(made)
+        # ...and the lost cache re-created by the first renewal pass after recovery.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            listed = stub.ListLeases(pb.ListLeasesRequest())
+            if all(t.expires_at > time.time() + 60 for le in listed.leases for t in le.tickets):
+                break
+            time.sleep(0.2)
     for lease in listed.leases:
         for ticket in lease.tickets:
             assert ticket.expires_at > time.time() + 60

@@ -1,6 +1,6 @@
-"""ListLeases at scale (issue 18): an old client's request against 40,000 leases fits gRPC's
-default 4 MiB receive limit, and following the pages returns every lease exactly once while
-leases are added and deleted.
+"""40,000 leases (issue 18): the daemon serves before it has loaded them and answers for a lease
+it has not loaded yet; an old client's ListLeases fits gRPC's default 4 MiB receive limit; and
+following the pages returns every lease exactly once while leases are added and deleted.
 
 The 40,000 leases are written straight into krbdir by the fixture, in the daemon's own metadata
 format (:func:`credfetcher.leases.encode_metadata`), as domainless leases whose credentials were
@@ -9,8 +9,11 @@ lost at a restart: the daemon recovers and lists them without asking the DC 40,0
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -24,52 +27,110 @@ from tests.conftest import TestDC
 from tests.integration.daemon import Daemon, daemon_env
 
 LEASES = 40_000
+LAST = f"{LEASES:020x}"
 DEFAULT_RECEIVE_LIMIT = 4 * 1024 * 1024  # what every gRPC client has unless raised
 
 
 def write_leases(krb_dir: Path, dc: TestDC, count: int) -> list[str]:
+    """``count`` leases in the daemon's own metadata format: one record encoded, then copied
+    with each lease's id (40,000 encodings would cost the test most of its time)."""
     ids = [f"{n:020x}" for n in range(1, count + 1)]
     gmsa = dc.gmsas[0]
-    credspec = make_credspec(gmsa, dc.domain, dc.netbios)
+    template_id = "f" * 20
+    record = LeaseRecord(
+        lease_id=template_id,
+        entries=(
+            GmsaEntry(
+                gmsa_name=gmsa,
+                domain=dc.domain,
+                distinguished_name=f"CN={gmsa},CN=Managed Service Accounts,{dc.base_dn}",
+                credspec=make_credspec(gmsa, dc.domain, dc.netbios),
+            ),
+        ),
+        domainless_user=f"{dc.user}@{dc.domain}",
+        kind="domainless",
+        created_at=1.0,
+    )
+    template = encode_metadata(record, krb_dir / template_id)
+    assert template.count(template_id.encode()) == 2  # the file path and the lease id
+    krb_dir.mkdir(parents=True, exist_ok=True)
     for lease_id in ids:
         lease_dir = krb_dir / lease_id
-        (lease_dir / gmsa).mkdir(parents=True)
-        record = LeaseRecord(
-            lease_id=lease_id,
-            entries=(
-                GmsaEntry(
-                    gmsa_name=gmsa,
-                    domain=dc.domain,
-                    distinguished_name=f"CN={gmsa},CN=Managed Service Accounts,{dc.base_dn}",
-                    credspec=credspec,
-                ),
-            ),
-            domainless_user=f"{dc.user}@{dc.domain}",
-            kind="domainless",
-            created_at=1.0,
+        os.makedirs(lease_dir / gmsa)
+        meta = os.open(
+            lease_dir / f"{lease_id}_metadata.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600
         )
-        (lease_dir / f"{lease_id}_metadata.json").write_bytes(encode_metadata(record, lease_dir))
+        try:
+            os.write(meta, template.replace(template_id.encode(), lease_id.encode()))
+        finally:
+            os.close(meta)
     return ids
 
 
+@dataclass
+class Crowded:
+    """The daemon, and what it answered while its background recovery was still running."""
+
+    daemon: Daemon
+    log_at_first_answer: str
+    early_delete: pb.DeleteKerberosLeaseResponse
+    log_after_early_delete: str
+    early_listed: list[str]
+
+
 @pytest.fixture(scope="module")
-def crowded(samba_dc: TestDC, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+def crowded(samba_dc: TestDC, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Crowded]:
     root = tmp_path_factory.mktemp("crowded")
     write_leases(root / "krbdir", samba_dc, LEASES)
     daemon = Daemon(samba_dc, root, daemon_env(samba_dc, root, CF_LOG_LEVEL="INFO"))
-    daemon.start(timeout=180)  # recovery reads 40,000 metadata files before serving
+    daemon.start(timeout=120)  # returns at the first HealthCheck answer
+    first_answer = daemon.log()
+    with daemon.client() as stub:
+        # Recovery loads in lease-id order: the last id is the last it would reach.
+        early = stub.DeleteKerberosLease(
+            pb.DeleteKerberosLeaseRequest(lease_id=LAST), timeout=60
+        )
+        after_delete = daemon.log()
+        listed: list[str] = []
+        token = ""
+        while True:
+            page = stub.ListLeases(pb.ListLeasesRequest(page_token=token), timeout=60)
+            listed.extend(lease.lease_id for lease in page.leases)
+            token = page.next_page_token
+            if not token:
+                break
     try:
-        yield daemon
+        yield Crowded(daemon, first_answer, early, after_delete, listed)
     finally:
         daemon.stop(timeout=60)
 
 
-def old_client_channel(daemon: Daemon) -> grpc.Channel:
+def test_serves_before_recovery_and_answers_for_leases_not_loaded_yet(crowded: Crowded) -> None:
+    assert "recovered" not in crowded.log_at_first_answer  # HealthCheck before the loader ended
+    # The last lease on disk, deleted before the loader could have reached it: found, removed.
+    assert "recovered" not in crowded.log_after_early_delete
+    assert crowded.early_delete.lease_id == LAST
+    assert not (crowded.daemon.krb_dir / LAST).exists()
+    # Listed right after the start: every lease on disk, each once, in order.
+    assert crowded.early_listed == [f"{n:020x}" for n in range(1, LEASES)]
+    assert _recovered(crowded.daemon)
+
+
+def _recovered(daemon: Daemon) -> bool:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if "recovered 39999 lease(s)" in daemon.log():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def old_client_channel(crowded: Crowded) -> grpc.Channel:
     # No options: the 4 MiB default receive limit of a client that never heard of paging.
-    return grpc.insecure_channel(f"unix:{daemon.socket_path}")
+    return grpc.insecure_channel(f"unix:{crowded.daemon.socket_path}")
 
 
-def test_an_old_clients_request_gets_a_bounded_first_page(crowded: Daemon) -> None:
+def test_an_old_clients_request_gets_a_bounded_first_page(crowded: Crowded) -> None:
     with old_client_channel(crowded) as channel:
         stub = pb_grpc.CredentialsFetcherServiceStub(channel)
         # b"": what ListLeasesRequest{} of the proto before paging serialises to.
@@ -84,16 +145,17 @@ def test_an_old_clients_request_gets_a_bounded_first_page(crowded: Daemon) -> No
 
 
 def test_following_pages_returns_every_lease_once_while_leases_come_and_go(
-    crowded: Daemon,
+    crowded: Crowded,
 ) -> None:
+    daemon = crowded.daemon
     deleted: list[str] = []
     added: list[str] = []
     stop = threading.Event()
 
     def churn() -> None:
         # Deletes fixture leases from the far end and adds real ones while the pages are read.
-        with crowded.client() as stub:
-            n = LEASES
+        with daemon.client() as stub:
+            n = LEASES - 1  # LAST went at start-up
             while not stop.is_set() and len(added) < 20:
                 lease_id = f"{n:020x}"
                 stub.DeleteKerberosLease(
@@ -101,7 +163,7 @@ def test_following_pages_returns_every_lease_once_while_leases_come_and_go(
                 )
                 deleted.append(lease_id)
                 n -= 1
-                added.append(crowded.add(crowded.dc.gmsas[1]).lease_id)
+                added.append(daemon.add(daemon.dc.gmsas[1]).lease_id)
 
     worker = threading.Thread(target=churn)
     worker.start()
@@ -126,18 +188,19 @@ def test_following_pages_returns_every_lease_once_while_leases_come_and_go(
     assert deleted
     assert added
     assert len(seen) == len(set(seen)), "a lease was listed twice"
-    throughout = {f"{n:020x}" for n in range(1, LEASES + 1)} - set(deleted)
+    throughout = {f"{n:020x}" for n in range(1, LEASES)} - set(deleted)
     assert throughout <= set(seen)
     assert pages >= LEASES // 1000 - 1
 
 
-def test_filters_and_bad_tokens(crowded: Daemon) -> None:
-    with crowded.client() as stub:
-        lease = crowded.add(crowded.dc.gmsas[2])
-        only = stub.ListLeases(pb.ListLeasesRequest(gmsa=crowded.dc.gmsas[2].upper()), timeout=60)
+def test_filters_and_bad_tokens(crowded: Crowded) -> None:
+    daemon = crowded.daemon
+    with daemon.client() as stub:
+        lease = daemon.add(daemon.dc.gmsas[2])
+        only = stub.ListLeases(pb.ListLeasesRequest(gmsa=daemon.dc.gmsas[2].upper()), timeout=60)
         assert lease.lease_id in [le.lease_id for le in only.leases]
         assert {t.service_account_name for le in only.leases for t in le.tickets} == {
-            crowded.dc.gmsas[2]
+            daemon.dc.gmsas[2]
         }
         active = stub.ListLeases(pb.ListLeasesRequest(state="active"), timeout=60)
         assert lease.lease_id in [le.lease_id for le in active.leases]
