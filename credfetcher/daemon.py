@@ -199,11 +199,12 @@ def run(config: Config, notifier: Notifier) -> int:
     service.start()
     start_aws_secret_identity(service, config, stop)
     start_credspec_lease(service, config)
+    # Before the socket: once HealthCheck answers, the metrics endpoint answers too.
+    exporter = start_metrics(service, config)
     server = Server(service)
     server.start()
     wait_until_serving(config.socket_path)
     log.info("serving on unix:%s (krbdir %s)", config.socket_path, config.krb_dir)
-    exporter = start_metrics(service, config)
     notifier.ready(f"serving {service.scheduler.lease_count()} lease(s)")
 
     interval = notifier.watchdog_interval() or 10.0

@@ -18,7 +18,14 @@ from credfetcher import metrics, tickets
 from credfetcher.errors import DCUnavailableError, KerberosError, StorageError
 from credfetcher.files import Ownership, TamperedError
 from credfetcher.keys import KerberosKey
-from credfetcher.renewal import BACKOFF_BASE, BACKOFF_CAP, JITTER, RenewalScheduler, Target
+from credfetcher.renewal import (
+    BACKOFF_BASE,
+    BACKOFF_CAP,
+    JITTER,
+    GroupState,
+    RenewalScheduler,
+    Target,
+)
 
 T0 = 1_800_000_000.0
 LIFE = 36_000  # 10 h tickets
@@ -790,3 +797,19 @@ def test_a_deleted_lease_forgets_its_write_failure(
     sched.unregister_lease("gone")
     assert sched.status("gone", "webapp") is None
     assert sched.next_due_in() == 3600.0
+
+
+@pytest.mark.parametrize(("life", "margin"), [(150, 135.0), (149, 135.0), (146, 135.0)])
+def test_a_margin_at_ninety_percent_survives_a_ticket_a_second_short(
+    life: int, margin: float
+) -> None:
+    """The KDC counts a ticket's life from its own clock: a 150 s ticket may come back with 149.
+    A margin set at 90 % of the configured life must still be honoured, not halved (which made
+    the first renewal come after the KDC would no longer issue service tickets from it)."""
+    sched = RenewalScheduler(margin=margin, orphan_after=ORPHAN_AFTER)
+    group = GroupState(account=None, starttime=1000.0, endtime=1000.0 + life)
+    assert sched.effective_margin(group) == margin
+    # Far past 90 %: half the life, as before.
+    assert RenewalScheduler(margin=7200, orphan_after=ORPHAN_AFTER).effective_margin(group) == (
+        life / 2
+    )
