@@ -229,6 +229,10 @@ sys.stdout.buffer.write(blob[off:end].decode("utf-16-le", "replace").encode("utf
 """
 
 
+class PipelineCannotError(Exception):
+    """The gMSA's password holds a newline, which the classic pipeline cannot pass to kinit."""
+
+
 def classic_pipeline(dc: TestDC, gmsa: str, work: Path) -> float:
     """One lease the credentials-fetcher way; returns the wall time of the whole pipeline."""
     host_cc = work / "host.cc"
@@ -263,6 +267,9 @@ def classic_pipeline(dc: TestDC, gmsa: str, work: Path) -> float:
         if line.startswith("msDS-ManagedPassword:: ")
     )
     password = run(["python3", "-c", _CONVERT], stdin=blob_b64.encode())
+    if b"\n" in password:
+        # credentials-fetcher's own bug (README): kinit reads the password up to the newline.
+        raise PipelineCannotError(gmsa)
     run(
         ["kinit", "-c", f"FILE:{gmsa_cc}", f"{gmsa}$@{dc.realm}"],
         stdin=password + b"\n",
@@ -276,10 +283,17 @@ def classic_pipeline(dc: TestDC, gmsa: str, work: Path) -> float:
 
 def measure_pipeline(dc: TestDC, gmsas: Sequence[str], samples: int) -> list[float]:
     times = []
+    usable = list(gmsas)
     with tempfile.TemporaryDirectory(prefix="cf-bench-pipeline-") as tmp:
-        classic_pipeline(dc, gmsas[0], Path(tmp))  # page in the tools; not counted
+        for gmsa in gmsas:  # page in the tools (not counted), and find the gMSAs it can do
+            try:
+                classic_pipeline(dc, gmsa, Path(tmp))
+            except PipelineCannotError:
+                log(f"pipeline: skipping {gmsa}, whose password holds a newline (the classic "
+                    "pipeline's known failure; credfetcher derives its keys in-process)")
+                usable.remove(gmsa)
         for i in range(samples):
-            times.append(classic_pipeline(dc, gmsas[i % len(gmsas)], Path(tmp)))
+            times.append(classic_pipeline(dc, usable[i % len(usable)], Path(tmp)))
     return times
 
 
