@@ -43,10 +43,14 @@ class Daemon:
     def socket_path(self) -> Path:
         return Path(self.env["CF_UNIX_DOMAIN_SOCKET_DIR"]) / "credentials_fetcher.sock"
 
+    def command(self) -> list[str]:
+        """How the daemon is started (the packaged launcher's test overrides it)."""
+        return [*self.argv_prefix, sys.executable, "-m", "credfetcher.daemon"]
+
     def start(self, timeout: float = 30.0) -> None:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [*self.argv_prefix, sys.executable, "-m", "credfetcher.daemon"],
+            self.command(),
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -14,13 +14,10 @@ import json
 import subprocess
 import sys
 import sysconfig
-import time
 from pathlib import Path
 
-import grpc
 import pytest
 
-from credfetcher._proto import credentialsfetcher_pb2 as pb
 from tests.conftest import TestDC
 from tests.integration.daemon import Daemon, daemon_env
 from tests.rpmbuild import built_rpm, require
@@ -112,30 +109,8 @@ class PackagedDaemon(Daemon):
 
     launcher: Path
 
-    def start(self, timeout: float = 30.0) -> None:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [PYTHON, "-I", "-S", str(self.launcher)],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"credfetcherd exited {self.proc.returncode}: {self.log()}")
-            if self.socket_path.exists():
-                try:
-                    with self.client() as stub:
-                        stub.HealthCheck(pb.HealthCheckRequest(), timeout=2)
-                except grpc.RpcError:
-                    pass
-                else:
-                    return
-            time.sleep(0.1)
-        raise AssertionError(f"credfetcherd did not serve within {timeout} s: {self.log()}")
+    def command(self) -> list[str]:
+        return [PYTHON, "-I", "-S", str(self.launcher)]
 
 
 def test_packaged_daemon_serves_a_lease(root: Path, samba_dc: TestDC, tmp_path: Path) -> None:
