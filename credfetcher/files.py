@@ -150,15 +150,7 @@ def open_dir(root: Path, parts: list[str] | tuple[str, ...]) -> int:
     try:
         for part in parts:
             walked = walked / part
-            try:
-                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    found = _describe_at(fd, part)
-                    raise StorageError(
-                        f"{walked} is {found}, not a directory: refused", path=str(walked)
-                    ) from exc
-                raise
+            child = _open_dir_at(fd, part, walked, "not a directory: refused")
             os.close(fd)
             fd = child
     except BaseException:
@@ -167,21 +159,26 @@ def open_dir(root: Path, parts: list[str] | tuple[str, ...]) -> int:
     return fd
 
 
+def _open_dir_at(dir_fd: int, name: str, path: Path, refusal: str) -> int:
+    """``openat(dir_fd, name, O_DIRECTORY|O_NOFOLLOW)``; a symlink or non-directory at ``name``
+    raises StorageError saying what it is (``path`` is how messages show it)."""
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            found = _describe_at(dir_fd, name)
+            raise StorageError(f"{path} is {found}, {refusal}", path=str(path)) from exc
+        raise
+
+
 def _private_dir_fd(root_fd: int, root: Path) -> int:
     """The private staging directory's fd, created 0700 if missing; refused unless it is a
     directory the daemon owns (its mode is put back to 0700 if it is not)."""
     with contextlib.suppress(FileExistsError):
         os.mkdir(PRIVATE_DIR, 0o700, dir_fd=root_fd)
-    try:
-        fd = os.open(PRIVATE_DIR, _DIR_FLAGS, dir_fd=root_fd)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            found = _describe_at(root_fd, PRIVATE_DIR)
-            raise StorageError(
-                f"{root / PRIVATE_DIR} is {found}, not the daemon's private directory",
-                path=str(root / PRIVATE_DIR),
-            ) from exc
-        raise
+    fd = _open_dir_at(
+        root_fd, PRIVATE_DIR, root / PRIVATE_DIR, "not the daemon's private directory"
+    )
     st = os.fstat(fd)
     if st.st_uid != os.geteuid():
         os.close(fd)
