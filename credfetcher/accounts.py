@@ -4,7 +4,11 @@ One :class:`GmsaAccount` exists per (domain, gMSA, identity that reads the passw
 ``msDS-ManagedPassword`` once, derives the keys (RFC 3962) and keeps them until the blob's
 QueryPasswordInterval says the DC must be asked again (less a clock-skew allowance; MS-ADTS
 3.1.1.4.4.1). Within five minutes of a change the previous password is the one the KDC accepts
-(see :func:`credfetcher.blob.password_for_authentication`). When the KDC rejects our key anyway —
+(see :func:`credfetcher.blob.password_for_authentication`) and the blob already holds the next
+one; at the change the account switches to that next password by itself, at the next kvno,
+without asking the DC (:meth:`GmsaAccount._promote`), and reads the DC right after to confirm
+the version. That is what lets keytabs hold exactly the passwords the KDC uses at every moment,
+even when no DC answers at the change (``docs/rotation.md``). When the KDC rejects our key anyway —
 the password rotated early, or an administrator reset it — the password is fetched again once and
 the request retried. Concurrent callers share one fetch through the account's lock, so 32
 simultaneous leases for one gMSA cost the DC one fetch (two searches the first time and after a
@@ -36,10 +40,10 @@ from credfetcher.blob import (
     password_for_authentication,
 )
 from credfetcher.directory import DirectoryClient, GmsaRecord
-from credfetcher.errors import KeyRejectedError
+from credfetcher.errors import CredfetcherError, KeyRejectedError
 from credfetcher.identity import HostIdentity, UserIdentity
 from credfetcher.keys import KerberosKey, derive_keys
-from credfetcher.keytab import keys_for_keytab
+from credfetcher.keytab import versioned_keys
 
 log = logging.getLogger(__name__)
 
@@ -55,24 +59,37 @@ CLOCK_SKEW = 300.0
 SHARE_TGT_FOR = 300.0
 # Extra reads allowed to get a kvno consistent with the blob (:meth:`GmsaAccount._reread_kvno`).
 _KVNO_READS = 2
+# After switching to the next password at a change, the DC is read this long after (seconds) to
+# confirm its kvno; while no DC answers, again this often. Samba rolls the keys over on the first
+# read after the change, so the first confirming read may show the old kvno (_reread_kvno).
+CONFIRM_AFTER = 1.0
+RECONFIRM_EVERY = 60.0
 
 
 @dataclass(frozen=True)
 class KeyMaterial:
     """Keys derived from one read of the managed password. Secrets hidden from repr.
 
-    ``kvno`` is the version of the password in effect (read consistently with the blob);
-    ``managed_password`` is the DC's blob, except that a young gMSA's missing PreviousPassword may
-    be filled in from this account's earlier read (see :meth:`GmsaAccount._fetch`).
+    ``kvno`` is the version of ``in_effect``, the password the KDC accepts now (read consistently
+    with the blob); ``before`` was in effect at ``kvno - 1`` when known (from the blob, or for a
+    young gMSA or inside the window from this account's earlier read). ``managed_password`` is the
+    DC's blob as last read from ``dc``. Inside the five minutes before a change ``changes_at`` is
+    when the blob's CurrentPassword takes over. ``confirmed`` is False for keys the account
+    switched to by itself at a change, until a read of the DC shows their kvno.
     """
 
     principal: str
     dn: str
+    dc: str
     kvno: int
     auth_keys: tuple[KerberosKey, ...] = field(repr=False)
     managed_password: ManagedPassword = field(repr=False)
+    in_effect: bytes = field(repr=False)
+    before: bytes | None = field(repr=False)
     fetched_at: float
     refetch_at: float
+    changes_at: float | None = None
+    confirmed: bool = True
 
 
 @dataclass(frozen=True)
@@ -116,61 +133,131 @@ class GmsaAccount:
         return AccountKey(self.domain, self.gmsa.lower(), identity_key(self.identity))
 
     def material(self, *, refresh: bool = False) -> KeyMaterial:
-        """The cached keys, fetched from the DC first when absent, stale, or ``refresh``."""
+        """The cached keys, fetched from the DC first when absent, stale, or ``refresh``.
+
+        At a change announced by the last read, the next password takes over first
+        (:meth:`_promote`); if the DC cannot be read to confirm it, those keys are kept.
+        """
         with self._lock:
+            now = self.clock()
             current = self._material
-            if refresh or current is None or self.clock() >= current.refetch_at:
-                current = self._fetch()
-                self._material = current
+            if current is not None and current.changes_at is not None and now >= current.changes_at:
+                current = self._material = self._promote(current, now)
+            if refresh or current is None or now >= current.refetch_at:
+                try:
+                    fetched = self._fetch()
+                except CredfetcherError as exc:
+                    if current is None or current.confirmed or refresh:
+                        raise
+                    # The KDC takes the next password from the change on whether or not an LDAP
+                    # read confirms its kvno; the keys (and keytabs) must not wait for one.
+                    current = self._material = replace(current, refetch_at=now + RECONFIRM_EVERY)
+                    log.warning(
+                        "cannot confirm the kvno of %s after its password change (%s): "
+                        "keeping kvno %d",
+                        self.principal,
+                        exc.message,
+                        current.kvno,
+                        extra={"GMSA": self.gmsa},
+                    )
+                    return current
+                current = self._material = fetched
             return current
+
+    def _promote(self, window: KeyMaterial, now: float) -> KeyMaterial:
+        """The keys after the change ``window`` announced, without asking the DC.
+
+        Inside the five minutes before a change the DC's blob carries the next password and the
+        time left until it takes over (MS-ADTS 3.1.1.4.4.1). At that moment the KDC issues
+        tickets under it at the next key version (AD and Samba count one per change), so the
+        account switches then: the password that was in effect becomes the one before. The kvno
+        is reasoned, not read, so the keys are marked unconfirmed and the DC is read
+        :data:`CONFIRM_AFTER` later (:meth:`_reread_kvno` then repeats that read).
+        """
+        upcoming = window.managed_password.current
+        kvno = window.kvno + 1
+        log.info(
+            "password of %s changed on %s: kvno %d -> %d (the next password it announced)",
+            self.principal,
+            window.dc,
+            window.kvno,
+            kvno,
+            extra={"GMSA": self.gmsa, "DC": window.dc},
+        )
+        return replace(
+            window,
+            kvno=kvno,
+            auth_keys=tuple(derive_keys(upcoming, self.realm, self.gmsa, kvno)),
+            in_effect=upcoming,
+            before=window.in_effect,
+            refetch_at=now + CONFIRM_AFTER,
+            changes_at=None,
+            confirmed=False,
+        )
 
     def _fetch(self) -> KeyMaterial:
         earlier = self._material
         record = self.directory.fetch_managed_password(self.gmsa, self.identity)
         mp = parse_managed_password(record.blob)
         if not authenticates_with_previous(mp) and (
-            earlier is None
-            or password_for_authentication(earlier.managed_password) != mp.current
+            earlier is None or not earlier.confirmed or earlier.in_effect != mp.current
         ):
             record, mp = self._reread_kvno(record)
         kvno = record.kvno if record.kvno is not None else 1
-        if earlier is not None and mp.previous is None and not authenticates_with_previous(mp):
-            # A gMSA younger than one password interval gets no PreviousPassword in its blob,
-            # even after its first change; the password we used until then is that previous
-            # one, at the version before. Keytabs keep it (and keep keeping it on later reads of
-            # the same password), so service tickets issued before the change still decrypt. A
-            # restart loses it: the DC never says it.
-            was = password_for_authentication(earlier.managed_password)
-            carried = None
-            if kvno == earlier.kvno + 1 and was != mp.current:
-                carried = was
-            elif kvno == earlier.kvno and was == mp.current:
-                carried = earlier.managed_password.previous
-            if carried is not None:
-                mp = replace(mp, previous=carried)
         # The password the KDC accepts now, at the version the DC shows for it: in the five
         # minutes before a change the DC hands out the next password as CurrentPassword but
         # still shows the kvno of the one in effect (PreviousPassword).
-        auth_pw = password_for_authentication(mp)
-        keys = derive_keys(auth_pw, self.realm, self.gmsa, kvno)
+        in_effect = password_for_authentication(mp)
+        window = authenticates_with_previous(mp)
+        before = None if window else mp.previous
+        if earlier is not None and before is None:
+            # What the blob does not carry, our earlier read may know. Inside the window the
+            # blob has no room for the password in effect before (it holds next and in effect).
+            # A gMSA younger than one password interval gets no PreviousPassword even after its
+            # first change: the password we used until then is that previous one. Keytabs keep
+            # it, so service tickets issued before the change still decrypt. A restart loses it:
+            # the DC never says it.
+            if kvno == earlier.kvno and in_effect == earlier.in_effect:
+                before = earlier.before
+            elif kvno == earlier.kvno + 1 and in_effect != earlier.in_effect:
+                before = earlier.in_effect
+        keys = derive_keys(in_effect, self.realm, self.gmsa, kvno)
         now = self.clock()
         interval = mp.query_interval.total_seconds()
+        changes_at = None
         if interval <= 0:
             refetch = now + 60.0
-        elif authenticates_with_previous(mp):
-            # Ask again right after the change so the new password's keys take over.
-            refetch = now + interval + 1.0
+        elif window:
+            # The next password takes over at the change (material() -> _promote).
+            refetch = changes_at = now + interval
         else:
             refetch = now + max(interval - CLOCK_SKEW, min(interval, 60.0))
-        if earlier is not None and auth_pw != password_for_authentication(
-            earlier.managed_password
-        ):
-            log.info(
-                "password of %s changed on %s: kvno %d -> %d",
-                self.principal,
+        if earlier is not None and in_effect != earlier.in_effect:
+            if not earlier.confirmed and in_effect == earlier.before:
+                log.warning(
+                    "%s still has the password of %s at kvno %d in effect: its clock is behind "
+                    "this host's",
+                    record.dc,
+                    self.principal,
+                    kvno,
+                    extra={"GMSA": self.gmsa, "DC": record.dc},
+                )
+            else:
+                log.info(
+                    "password of %s changed on %s: kvno %d -> %d",
+                    self.principal,
+                    record.dc,
+                    earlier.kvno,
+                    kvno,
+                    extra={"GMSA": self.gmsa, "DC": record.dc},
+                )
+        elif earlier is not None and not earlier.confirmed and kvno != earlier.kvno:
+            log.warning(
+                "%s shows kvno %d for the new password of %s, not %d: using the DC's",
                 record.dc,
-                earlier.kvno,
                 kvno,
+                self.principal,
+                earlier.kvno,
                 extra={"GMSA": self.gmsa, "DC": record.dc},
             )
         log.info(
@@ -178,18 +265,22 @@ class GmsaAccount:
             self.principal,
             record.dc,
             kvno,
-            ", next password known" if authenticates_with_previous(mp) else "",
+            ", next password known" if window else "",
             timedelta(seconds=round(refetch - now)),
             extra={"GMSA": self.gmsa, "DC": record.dc},
         )
         return KeyMaterial(
             principal=self.principal,
             dn=record.dn,
+            dc=record.dc,
             kvno=kvno,
             auth_keys=tuple(keys),
             managed_password=mp,
+            in_effect=in_effect,
+            before=before,
             fetched_at=now,
             refetch_at=refetch,
+            changes_at=changes_at,
         )
 
     def _reread_kvno(self, record: GmsaRecord) -> tuple[GmsaRecord, ManagedPassword]:
@@ -227,7 +318,8 @@ class GmsaAccount:
         """When (``self.clock``) the cached keys must be read again; None before a first read.
 
         The renewal loop renews groups with keytabs then (:mod:`credfetcher.renewal`), so their
-        keytabs change with the password: five minutes before a change and right after it.
+        keytabs change with the password: at the change itself (:meth:`_promote`) and when the
+        DC confirms it a second later.
         """
         material = self._material
         return None if material is None else material.refetch_at
@@ -281,12 +373,12 @@ class GmsaAccount:
     def keytab_keys(self, material: KeyMaterial, *, rc4: bool) -> list[KerberosKey]:
         """Both passwords' keys, each at its own kvno, for acceptors such as SQL Server.
 
-        See :func:`credfetcher.keytab.keys_for_keytab`: in effect at ``material.kvno``, plus the
-        next one at kvno + 1 inside the five minutes before a change, else the previous one at
-        kvno - 1.
+        The password in effect at ``material.kvno``, the one before at kvno - 1 when known. The
+        next password joins only at the change, when it is the one in effect (why:
+        :func:`credfetcher.keytab.keys_for_keytab`).
         """
-        return keys_for_keytab(
-            material.managed_password, self.realm, self.gmsa, material.kvno, rc4=rc4
+        return versioned_keys(
+            material.in_effect, material.before, self.realm, self.gmsa, material.kvno, rc4=rc4
         )
 
 

@@ -5,7 +5,8 @@ into a fresh file in the daemon's private staging directory
 (:func:`credfetcher.files.atomic_target`), then renamed into place, so a service never reads a
 half-written keytab. Two passwords go in, each at the kvno it has on the DC
 (:func:`keys_for_keytab`): service tickets issued on either side of a password change carry that
-version and must decrypt (RFC 4120 §5.3, the ``kvno`` of EncryptedData).
+version and must decrypt (RFC 4120 §5.3, the ``kvno`` of EncryptedData). The password that comes
+next joins at the change itself, not before (why: :func:`keys_for_keytab`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from credfetcher.errors import StorageError
 from credfetcher.files import Ownership, atomic_target
 from credfetcher.keys import KerberosKey, derive_keys
 
-__all__ = ["keys_for_keytab", "write_keytab"]
+__all__ = ["keys_for_keytab", "versioned_keys", "write_keytab"]
 
 def keys_for_keytab(
     mp: ManagedPassword,
@@ -31,8 +32,9 @@ def keys_for_keytab(
     *,
     rc4: bool = False,
     salt: bytes | None = None,
+    before: bytes | None = None,
 ) -> list[KerberosKey]:
-    """The keys an acceptor needs, labelled with the kvno each password has (or will have).
+    """The keys an acceptor needs from one read of the DC's blob, each at the kvno it has.
 
     ``kvno`` is the key version in effect, as the DC's ``msDS-KeyVersionNumber`` shows it when
     read consistently with ``mp`` (:mod:`credfetcher.accounts`). The DC's blob has two shapes:
@@ -43,20 +45,39 @@ def keys_for_keytab(
       still decrypt).
     * Inside them (:func:`credfetcher.blob.authenticates_with_previous`): CurrentPassword is
       already the *next* password and PreviousPassword is the one in effect, while the DC still
-      shows the kvno in effect. Keys: previous at ``kvno`` (in effect, so first), then current at
-      ``kvno + 1`` (service tickets issued right after the change decrypt too).
+      shows the kvno in effect. Keys: previous at ``kvno``, then ``before`` (the password in
+      effect before it, which this blob no longer carries; the caller may know it from an
+      earlier read) at ``kvno - 1``. The next password is left out until the change: MIT's
+      ``kinit -k`` takes the highest kvno of a keytab for its AS request and the KDC refuses
+      the next password until the change, so a keytab holding it at ``kvno + 1`` would stop
+      clients for five minutes. :class:`credfetcher.accounts.GmsaAccount` writes it at the
+      change (``docs/rotation.md``).
 
-    A password without a version to carry is left out: the previous one when ``kvno`` is 1 (no
+    A password without a version to carry is left out: the one before when ``kvno`` is 1 (no
     earlier version exists, and kvno 0 means "any version" to keytab lookups), or when there is
     none. ``salt`` as in :func:`credfetcher.keys.derive_keys`.
     """
     if authenticates_with_previous(mp) and mp.previous is not None:
-        keys = derive_keys(mp.previous, realm, sam_account_name, kvno, rc4=rc4, salt=salt)
-        keys += derive_keys(mp.current, realm, sam_account_name, kvno + 1, rc4=rc4, salt=salt)
-        return keys
-    keys = derive_keys(mp.current, realm, sam_account_name, kvno, rc4=rc4, salt=salt)
-    if mp.previous is not None and kvno > 1:
-        keys += derive_keys(mp.previous, realm, sam_account_name, kvno - 1, rc4=rc4, salt=salt)
+        in_effect, older = mp.previous, before
+    else:
+        in_effect, older = mp.current, mp.previous if mp.previous is not None else before
+    return versioned_keys(in_effect, older, realm, sam_account_name, kvno, rc4=rc4, salt=salt)
+
+
+def versioned_keys(
+    in_effect: bytes,
+    before: bytes | None,
+    realm: str,
+    sam_account_name: str,
+    kvno: int,
+    *,
+    rc4: bool = False,
+    salt: bytes | None = None,
+) -> list[KerberosKey]:
+    """``in_effect``'s keys at ``kvno`` (first), then ``before``'s at ``kvno - 1`` if kvno > 1."""
+    keys = derive_keys(in_effect, realm, sam_account_name, kvno, rc4=rc4, salt=salt)
+    if before is not None and kvno > 1:
+        keys += derive_keys(before, realm, sam_account_name, kvno - 1, rc4=rc4, salt=salt)
     return keys
 
 

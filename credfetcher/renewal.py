@@ -105,6 +105,7 @@ class GroupState:
     last_success: float = 0.0
     failing_since: float | None = None
     material_id: int = 0  # id() of the key material last written to keytabs
+    keytabs: int = 0  # how many targets have a keytab: O(1) for _keys_due at any lease count
     registered_at: float = 0.0
     # The last TGT and key material the account gave: what a failed write is retried with.
     tgt: tickets.Tgt | None = field(default=None, repr=False)
@@ -209,6 +210,10 @@ class RenewalScheduler:
             elif account is not None:
                 group.account = account
             joined = bool(group.targets)
+            replaced = group.targets.get(tk)
+            group.keytabs += (target.keytab is not None) - (
+                replaced is not None and replaced.keytab is not None
+            )
             group.targets[tk] = target
             self._where[tk] = key
             self._by_lease.setdefault(target.lease_id, set()).add(target.gmsa)
@@ -229,7 +234,8 @@ class RenewalScheduler:
         key = self._where.pop(tk, None)
         group = self._groups.get(key) if key is not None else None
         if group is not None:
-            group.targets.pop(tk, None)
+            gone = group.targets.pop(tk, None)
+            group.keytabs -= gone is not None and gone.keytab is not None
             if not group.targets:
                 del self._groups[key]
         self._ticket_times.pop(tk, None)
@@ -413,6 +419,8 @@ class RenewalScheduler:
         with self._lock:
             times = [g.next_attempt for g in self._groups.values() if g.account is not None]
             times += [w.next_attempt for w in self._write_failures.values()]
+            # Keytabs change at the password change itself, to the second (_keys_due).
+            times += [t for g in self._groups.values() if (t := _keys_due_at(g)) is not None]
         return max(0.0, min(times) - now) if times else 3600.0
 
     def run_due(self) -> int:
@@ -700,20 +708,28 @@ class RenewalScheduler:
 
 
 def _keys_due(group: GroupState, now: float) -> bool:
-    """A group with keytabs is due when its account's keys must be read again.
+    """A group with keytabs is due when its account's keys must be read again or change.
 
-    Keytabs follow the password, not the ticket (``docs/rotation.md``): the account re-reads the
-    managed password five minutes before a change and right after it, and the keytabs must get
-    the next (then the new) password then, not at the ticket's expiry hours later. An account
+    Keytabs follow the password, not the ticket (``docs/rotation.md``): at a change the account
+    switches to the next password it was told of, then reads the DC to confirm its kvno, and the
+    keytabs must get the new password then, not at the ticket's expiry hours later. An account
     whose keys were never read (leases recovered at start-up) is due at once: the keytabs on
     disk may predate a change. Not while the group is backing off after a failure: its own
-    ``next_attempt`` decides then. The loop wakes at least every 10 s, so no ``next_due_in``
-    change is needed.
+    ``next_attempt`` decides then.
     """
-    if group.failures or not any(t.keytab is not None for t in group.targets.values()):
+    if group.failures or not group.keytabs:
         return False
     keys_due_at = getattr(group.account, "keys_due_at", None)
     if not callable(keys_due_at):
         return False
     when = keys_due_at()
     return when is None or (isinstance(when, float) and when <= now)
+
+
+def _keys_due_at(group: GroupState) -> float | None:
+    """When :func:`_keys_due` turns true for ``group`` (None: not by itself, or at once)."""
+    if group.account is None or group.failures or not group.keytabs:
+        return None
+    keys_due_at = getattr(group.account, "keys_due_at", None)
+    when = keys_due_at() if callable(keys_due_at) else None
+    return when if isinstance(when, float) else None

@@ -20,7 +20,13 @@ from typing import cast
 import pytest
 
 from credfetcher import tickets
-from credfetcher.accounts import CLOCK_SKEW, GmsaAccount, KeyMaterial
+from credfetcher.accounts import (
+    CLOCK_SKEW,
+    CONFIRM_AFTER,
+    RECONFIRM_EVERY,
+    GmsaAccount,
+    KeyMaterial,
+)
 from credfetcher.directory import DirectoryClient, GmsaRecord
 from credfetcher.errors import DCUnavailableError, KerberosError, KeyRejectedError
 from credfetcher.identity import HostIdentity
@@ -78,6 +84,7 @@ class FakeDirectory:
     rereads: int = 0
     reread_answers: list[tuple[bytes, int]] = field(default_factory=list)
     gate: threading.Event | None = None  # when set, a fetch waits for it
+    fail: Exception | None = None  # when set, a fetch raises it (after counting)
     entered: threading.Event = field(default_factory=threading.Event)
 
     def fetch_managed_password(self, gmsa_name: str, identity: object) -> GmsaRecord:
@@ -90,6 +97,8 @@ class FakeDirectory:
             return self.record(gmsa_name, data, kvno)
         self.fetches += 1
         self.entered.set()
+        if self.fail is not None:
+            raise self.fail
         if self.gate is not None:
             assert self.gate.wait(30), "test never released the fetch"
         data, kvno = self.answers[min(self.fetches, len(self.answers)) - 1]
@@ -223,7 +232,8 @@ def test_inside_the_window_without_a_previous_password_the_current_one_is_used(
 def test_across_a_rotation_previous_then_the_new_password(
     make_account: MakeAccount, kdc: FakeKdc, clock: FakeClock
 ) -> None:
-    """Read 2 minutes before the change (previous used), re-read right after it (new used)."""
+    """Read 2 minutes before the change (previous used); at it, the next one at the next kvno
+    without a read, then a read that confirms the kvno."""
     account, directory = make_account(
         (blob(PW_NEXT, PW_NOW, 120), 3),  # before the change: DC already hands out PW_NEXT
         (blob(PW_NEXT, PW_NOW, 30 * DAY), 4),  # after it
@@ -237,12 +247,63 @@ def test_across_a_rotation_previous_then_the_new_password(
     assert directory.fetches == 1  # still before the change: cached keys
     assert kdc.used[-1] == keys_of(PW_NOW, 3)
 
-    clock.now = T0 + 121  # the change has happened: the KDC takes only the new password now
+    clock.now = T0 + 120  # the change: the KDC takes only the new password now
     kdc.accepted = set()
     kdc.accept(PW_NEXT, 4)
-    account.acquire_tgt()
-    assert directory.fetches == 2
+    _, material = account.acquire_tgt()
+    assert directory.fetches == 1  # the window's read told the next password and when
     assert kdc.used[-1] == keys_of(PW_NEXT, 4)
+    assert (material.kvno, material.confirmed) == (4, False)
+
+    clock.now = T0 + 120 + CONFIRM_AFTER
+    _, material = account.acquire_tgt()
+    assert (directory.fetches, directory.rereads) == (2, 1)  # the confirming read is repeated
+    assert (material.kvno, material.confirmed) == (4, True)
+    assert kdc.used[-1] == keys_of(PW_NEXT, 4)
+
+
+def test_at_a_change_the_next_password_is_kept_while_no_dc_can_confirm_it(
+    make_account: MakeAccount, kdc: FakeKdc, clock: FakeClock
+) -> None:
+    """The KDC switches at the change whether or not LDAP answers: so do the keys."""
+    account, directory = make_account((blob(PW_NEXT, PW_NOW, 120), 3))
+    window = account.material()
+    assert keytab_of(account, window) == expected((PW_NOW, 3))
+    clock.now = T0 + 120
+    directory.fail = DCUnavailableError("no domain controller answered", attempts=[])
+    promoted = account.material()
+    assert keytab_of(account, promoted) == expected((PW_NEXT, 4), (PW_NOW, 3))
+    clock.now = promoted.refetch_at
+    kept = account.material()
+    assert directory.fetches == 2
+    assert keytab_of(account, kept) == expected((PW_NEXT, 4), (PW_NOW, 3))
+    assert kept.refetch_at == clock.now + RECONFIRM_EVERY
+    # A read when the DC is back confirms it.
+    directory.fail = None
+    directory.answers.append((blob(PW_NEXT, PW_NOW, 20 * 3600), 4))
+    clock.now = kept.refetch_at
+    confirmed = account.material()
+    assert (confirmed.kvno, confirmed.confirmed) == (4, True)
+    assert keytab_of(account, confirmed) == expected((PW_NEXT, 4), (PW_NOW, 3))
+
+
+def test_a_dc_whose_clock_is_behind_wins_over_the_switch_at_the_change(
+    make_account: MakeAccount, kdc: FakeKdc, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    account, _ = make_account(
+        (blob(PW_NEXT, PW_NOW, 120), 3),
+        (blob(PW_NEXT, PW_NOW, 4), 3),  # the DC is 5 s behind: still inside its window
+    )
+    account.material()
+    clock.now = T0 + 120
+    promoted = account.material()
+    assert promoted.kvno == 4
+    clock.now = promoted.refetch_at
+    caplog.set_level(logging.INFO, logger="credfetcher.accounts")
+    material = account.material()
+    assert keytab_of(account, material) == expected((PW_NOW, 3))
+    assert material.changes_at == clock.now + 4
+    assert "its clock is behind this host's" in caplog.text
 
 
 # -- how long keys are cached ---------------------------------------------------------------------
@@ -543,13 +604,15 @@ def test_reads_inside_the_window_or_of_a_known_password_are_not_repeated(
     material = account.material()
     assert directory.rereads == 0
     assert material.kvno == 3
-    assert keytab_of(account, material) == expected((PW_NOW, 3), (PW_NEXT, 4))
+    # The next password is not in the keytab before the change: kinit -k would take it.
+    assert keytab_of(account, material) == expected((PW_NOW, 3))
 
 
 def test_keytab_and_log_through_two_rotations(
     make_account: MakeAccount, kdc: FakeKdc, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """-10 min, the window, right after the change (stale kvno first), then the next rotation."""
+    """-10 min, the window, the change, the confirming read (stale kvno first), then the next
+    rotation."""
     pw_later = password("later")
     start = blob(PW_NOW, PW_OLD, 600)
     after1 = blob(PW_NEXT, PW_NOW, 20 * 3600)
@@ -566,20 +629,24 @@ def test_keytab_and_log_through_two_rotations(
     directory.reread_answers = [(start, 3), (after1, 4), (after2, 5)]
     caplog.set_level(logging.INFO, logger="credfetcher.accounts")
     steps: list[list[tuple[int, bytes]]] = []
-    for _ in range(5):
+    for _ in range(7):
         material = account.material()
         steps.append(keytab_of(account, material))
         clock.now = material.refetch_at
+    # Reads: start, window, confirm (+ a re-read each, the first a stale kvno), window, confirm.
     assert (directory.fetches, directory.rereads, directory.reread_answers) == (5, 3, [])
     assert steps[0] == expected((PW_NOW, 3), (PW_OLD, 2))
-    assert steps[1] == expected((PW_NOW, 3), (PW_NEXT, 4))
-    assert steps[2] == expected((PW_NEXT, 4), (PW_NOW, 3))
-    assert steps[3] == expected((PW_NEXT, 4), (pw_later, 5))
-    assert steps[4] == expected((pw_later, 5), (PW_NEXT, 4))
+    assert steps[1] == expected((PW_NOW, 3), (PW_OLD, 2))  # window: the one before is kept
+    assert steps[2] == expected((PW_NEXT, 4), (PW_NOW, 3))  # the change: no read
+    assert steps[3] == expected((PW_NEXT, 4), (PW_NOW, 3))  # confirmed by the DC
+    assert steps[4] == expected((PW_NEXT, 4), (PW_NOW, 3))  # the next window
+    assert steps[5] == expected((pw_later, 5), (PW_NEXT, 4))
+    assert steps[6] == expected((pw_later, 5), (PW_NEXT, 4))
     changes = [r for r in caplog.records if "changed" in r.getMessage()]
+    announced = "(the next password it announced)"
     assert [r.getMessage() for r in changes] == [
-        f"password of {GMSA}$@{REALM} changed on dc1.example.test: kvno 3 -> 4",
-        f"password of {GMSA}$@{REALM} changed on dc1.example.test: kvno 4 -> 5",
+        f"password of {GMSA}$@{REALM} changed on dc1.example.test: kvno 3 -> 4 {announced}",
+        f"password of {GMSA}$@{REALM} changed on dc1.example.test: kvno 4 -> 5 {announced}",
     ]
     assert all(r.levelno == logging.INFO for r in changes)
     assert all((r.__dict__["GMSA"], r.__dict__["DC"]) == (GMSA, "dc1.example.test")
