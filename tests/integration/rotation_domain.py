@@ -313,12 +313,21 @@ def wait_for_keytab(keytab: Path, want: list[int], daemon: Daemon) -> None:
     while time.monotonic() < deadline:
         if keytab.exists():
             versions = keytab_versions(keytab)
-            if sorted(set(versions)) == sorted(want) and versions[0] == want[0]:
+            if sorted(set(versions)) == sorted(set(want)) and versions[0] == want[0]:
                 return
         time.sleep(0.5)
     raise AssertionError(
         f"keytab holds kvno {versions}, want {want} (in effect first)\n{daemon.log()[-4000:]}"
     )
+
+
+def wait_for_log(daemon: Daemon, text: str, count: int = 1) -> None:
+    """Until the daemon's log holds ``text`` at least ``count`` times."""
+    deadline = time.monotonic() + KEYTAB_WAIT
+    while daemon.log().count(text) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {count}x {text!r} in the log\n{daemon.log()[-4000:]}")
+        time.sleep(0.5)
 
 
 class Judge:
@@ -346,7 +355,7 @@ class Judge:
         self._ok(["kvno", self.principal], env, "service ticket with the lease ccache")
         return copy
 
-    def check(self, *, earlier_tickets: tuple[Path, ...] = (), kinit: bool = True) -> None:
+    def check(self, *, earlier_tickets: tuple[Path, ...] = ()) -> None:
         # The lease's ccache gets a service ticket, which the lease's keytab decrypts.
         ticket = self.service_ticket()
         env = self.domain.krb5_env(f"FILE:{ticket}")
@@ -357,8 +366,6 @@ class Judge:
             env = self.domain.krb5_env(f"FILE:{old}")
             self._ok(["kvno", "-k", str(self.keytab), self.principal], env,
                      f"keytab decrypts a service ticket issued earlier ({old.name})")
-        if not kinit:
-            return
         # The keytab authenticates as the gMSA.
         self.n += 1
         env = self.domain.krb5_env(f"FILE:{self.scratch / f'kinit-{self.n}.cc'}")

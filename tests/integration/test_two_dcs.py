@@ -31,6 +31,7 @@ from tests.integration.rotation_domain import (
     keytab_versions,
     start_daemon,
     wait_for_keytab,
+    wait_for_log,
 )
 
 LDAP_TIMEOUT = 3
@@ -140,8 +141,11 @@ def test_dc1_stopped_then_killed_then_back(
             before = {c: endtime(domain, c) for c in ccaches}
             clock.jump_to(change - 600)
             wait_until_renewed(domain, ccaches, before, daemon)
+            versions = keytab_versions(judge.keytab)
+            window_reads = daemon.log().count("next password known")
             clock.jump_to(change - 290)
-            wait_for_keytab(judge.keytab, [kvno, kvno + 1], daemon)
+            wait_for_log(daemon, "next password known", window_reads + 1)
+            assert keytab_versions(judge.keytab) == versions  # the next one joins at the change
             clock.jump_to(change + 15)
             wait_for_keytab(judge.keytab, [kvno + 1, kvno], daemon)
             assert domain.kvno(gmsas[0], dc=2) == kvno + 1
