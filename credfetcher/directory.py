@@ -117,7 +117,6 @@ class DirectoryConfig:
         return self.search_base or base_dn_for_domain(self.domain)
 
 
-
 def normalize_gmsa_name(name: str) -> str:
     """``webapp01`` or ``webapp01$`` -> ``webapp01$`` (a gMSA's sAMAccountName ends in ``$``).
 
@@ -156,7 +155,6 @@ def _unavailable_message(
             f"{listed(refused)}; unreachable: {listed(failed)}. {refusal_hint} {network_hint}"
         )
     return f"no domain controller for {domain} answered ({listed(failed)}). {network_hint}"
-
 
 
 class DirectoryClient:

@@ -261,7 +261,6 @@ class AttemptFailed(Exception):
         self.refused = refused
 
 
-
 def describe(exc: BaseException) -> str:
     """A short reason for the list of failed attempts."""
     if isinstance(exc, TimeoutError):

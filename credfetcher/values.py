@@ -57,16 +57,16 @@ def check_mode(mode: int, *, allow_world_readable: bool) -> int:
     """
     if not 0 < mode <= 0o777:
         raise InvalidRequestError(
-            f"mode {mode:#o} is not a permission mode between 0001 and 0777 (such as 0440)"
+            f"mode 0{mode:03o} is not a permission mode between 0001 and 0777 (such as 0440)"
         )
     if mode & 0o002:
         raise InvalidRequestError(
-            f"mode {mode:#o} is world-writable: every user on the host could replace the "
+            f"mode 0{mode:03o} is world-writable: every user on the host could replace the "
             "credentials, which the daemon never allows"
         )
     if mode & 0o004 and not allow_world_readable:
         raise InvalidRequestError(
-            f"mode {mode:#o} would let every user on the host read the credentials; the daemon "
+            f"mode 0{mode:03o} would let every user on the host read the credentials; the daemon "
             "allows that only with CF_ALLOW_WORLD_READABLE=true"
         )
     return mode
