@@ -22,14 +22,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from credfetcher.errors import ConfigError
+from credfetcher.errors import ConfigError, InvalidRequestError
 from credfetcher.names import (
-    NAMED_LEASE_ID,
     DomainController,
     Transport,
     machine_principal,
     parse_dc_list,
 )
+from credfetcher.values import LeaseId, check_id, check_mode
 
 DEFAULT_CONFIG_FILE = Path("/etc/credfetcher/credfetcher.toml")
 SOCKET_NAME = "credentials_fetcher.sock"
@@ -180,19 +180,25 @@ def _positive_float(value: str) -> float:
 
 
 def _mode(value: str) -> int:
-    mode = int(value, 8)
-    if mode & ~0o777:
-        raise ValueError(f"{value!r} is not a permission mode such as 0600 or 0440")
-    if mode & 0o002:
-        raise ValueError(f"{value!r} would make credentials world-writable")
-    return mode
+    # World-readable modes depend on CF_ALLOW_WORLD_READABLE, checked once every setting is read.
+    try:
+        return check_mode(int(value, 8), allow_world_readable=True)
+    except InvalidRequestError as exc:
+        raise ValueError(exc.message) from None
+
+
+def _numeric_id(value: str, what: str) -> int:
+    try:
+        return check_id(int(value), what)
+    except InvalidRequestError as exc:
+        raise ValueError(exc.message) from None
 
 
 def _uid(value: str) -> int | None:
     if value == "":
         return None
     if value.isdigit():
-        return int(value)
+        return _numeric_id(value, "uid")
     try:
         return pwd.getpwnam(value).pw_uid
     except KeyError:
@@ -203,7 +209,7 @@ def _gid(value: str) -> int | None:
     if value == "":
         return None
     if value.isdigit():
-        return int(value)
+        return _numeric_id(value, "gid")
     try:
         return grp.getgrnam(value).gr_gid
     except KeyError:
@@ -235,9 +241,10 @@ def _cred_spec_file(value: str) -> CredSpecFile | None:
     path, sep, lease_id = value.rpartition(":")
     if not sep or "/" in lease_id or not path:
         return CredSpecFile(Path(value))
-    if not NAMED_LEASE_ID.match(lease_id):
-        raise ValueError(f"lease id {lease_id!r} must be letters, digits, '-' or '_' (<= 64)")
-    return CredSpecFile(Path(path), lease_id)
+    try:
+        return CredSpecFile(Path(path), LeaseId(lease_id))
+    except InvalidRequestError as exc:
+        raise ValueError(exc.message) from None
 
 
 def _endpoint_url(value: str) -> str | None:
@@ -458,12 +465,10 @@ def load_config(
 
 
 def _check_world_readable(config: Config) -> None:
-    if config.ccache_mode & 0o004 and not config.allow_world_readable:
-        raise ConfigError(
-            f"CF_CCACHE_MODE 0{config.ccache_mode:o} would let every user on the host read the "
-            "credentials; set CF_ALLOW_WORLD_READABLE=true to allow it",
-            setting="CF_CCACHE_MODE",
-        )
+    try:
+        check_mode(config.ccache_mode, allow_world_readable=config.allow_world_readable)
+    except InvalidRequestError as exc:
+        raise ConfigError(f"CF_CCACHE_MODE: {exc.message}", setting="CF_CCACHE_MODE") from None
 
 
 def describe(config: Config) -> list[tuple[str, str, str]]:

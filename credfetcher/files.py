@@ -37,10 +37,10 @@ import secrets
 import shutil
 import stat
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from credfetcher.errors import StorageError
+from credfetcher.values import Ownership  # defined there; importable from here as before
 
 __all__ = [
     "MAX_FILE_SIZE",
@@ -82,20 +82,6 @@ class TamperedError(StorageError):
     def __init__(self, message: str, *, path: str, found: str) -> None:
         super().__init__(message, path=path)
         self.found = found
-
-
-@dataclass(frozen=True)
-class Ownership:
-    """Owner, group and mode for a secret file; ``None`` keeps the daemon's own uid/gid."""
-
-    uid: int | None = None
-    gid: int | None = None
-    mode: int = 0o600
-
-    @property
-    def expected_uid(self) -> int:
-        """The owner a file written with this ownership has."""
-        return os.geteuid() if self.uid is None else self.uid
 
 
 def describe(st: os.stat_result, *, owner: int | None = None) -> str | None:

@@ -35,11 +35,10 @@ from credfetcher._proto import credentialsfetcher_pb2 as pb
 from credfetcher._proto import credentialsfetcher_pb2_grpc as pb_grpc
 from credfetcher.aws import AwsCredentials
 from credfetcher.errors import CredfetcherError, InvalidRequestError
-from credfetcher.files import Ownership
 from credfetcher.identity import UserIdentity
-from credfetcher.leases import validate_lease_id
 from credfetcher.peercred import AllowList, GateLimits, PeerGate, deny_server
 from credfetcher.service import LeaseService, LeaseView
+from credfetcher.values import LeaseId, Ownership, check_id, check_mode
 from credfetcher.wire import DecodeErrorInterceptor
 
 log = logging.getLogger(__name__)
@@ -119,13 +118,15 @@ async def _call(
 
 
 def _ownership(service: LeaseService, msg: pb.FileOwnership, present: bool) -> Ownership | None:
+    """The request's ownership, its fields checked by the rules the CLI and the config use."""
     if not present:
         return None
-    return service.ownership_for(
-        msg.uid if msg.HasField("uid") else None,
-        msg.gid if msg.HasField("gid") else None,
-        msg.mode or None,
-    )
+    uid = check_id(msg.uid, "ownership uid") if msg.HasField("uid") else None
+    gid = check_id(msg.gid, "ownership gid") if msg.HasField("gid") else None
+    mode = msg.mode or None  # proto3: 0 is "not set", the daemon's CF_CCACHE_MODE
+    if mode is not None:
+        check_mode(mode, allow_world_readable=service.config.allow_world_readable)
+    return service.ownership_for(uid, gid, mode)
 
 
 def _user(username: str, password: str, domain: str) -> UserIdentity:
@@ -202,7 +203,7 @@ class CredentialsFetcherServicer(pb_grpc.CredentialsFetcherServiceServicer):
         self, request: pb.DeleteKerberosLeaseRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.DeleteKerberosLeaseResponse:
         def run() -> pb.DeleteKerberosLeaseResponse:
-            paths = self.service.delete_lease(request.lease_id)
+            paths = self.service.delete_lease(LeaseId(request.lease_id))
             return pb.DeleteKerberosLeaseResponse(
                 lease_id=request.lease_id, deleted_kerberos_file_paths=[str(p) for p in paths]
             )
@@ -284,8 +285,7 @@ def decode_page_token(token: str) -> str:
         if not token.startswith(_PAGE_MARK):
             raise ValueError
         raw = token[len(_PAGE_MARK) :]
-        lease_id = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
-        validate_lease_id(lease_id)
+        lease_id = LeaseId(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode())
     except (ValueError, InvalidRequestError):
         shown = token[:64].encode("unicode_escape").decode("ascii")
         raise InvalidRequestError(

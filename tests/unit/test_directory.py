@@ -13,7 +13,6 @@ from credfetcher.directory import (
     DirectoryConfig,
     GmsaRecord,
     Transport,
-    _AttemptFailed,
     base_dn_for_domain,
     gmsa_filter,
     normalize_gmsa_name,
@@ -21,6 +20,7 @@ from credfetcher.directory import (
 )
 from credfetcher.discovery import parse_dc_list
 from credfetcher.identity import HostIdentity
+from credfetcher.ldapchannel import AttemptFailed
 
 
 def test_filter_escapes_rfc4515_specials() -> None:
@@ -156,7 +156,7 @@ def test_channel_binding_rejects_garbage() -> None:
 
 
 def _client_failing_with(
-    monkeypatch: pytest.MonkeyPatch, failures: dict[str, _AttemptFailed]
+    monkeypatch: pytest.MonkeyPatch, failures: dict[str, AttemptFailed]
 ) -> DirectoryClient:
     dcs = parse_dc_list(" ".join(f"ldaps://{host}" for host in failures))
     client = DirectoryClient(DirectoryConfig("example.com", dcs, timeout=2))
@@ -173,9 +173,9 @@ HOST = HostIdentity("HOST$@EXAMPLE.COM", Path("/nonexistent/krb5.keytab"))
 
 def test_a_dc_that_refuses_is_not_called_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
     client = _client_failing_with(monkeypatch, {
-        "dc1.example.com": _AttemptFailed(
+        "dc1.example.com": AttemptFailed(
             "refused the search: operationsError (LDAP result 1)", refused=True),
-        "dc2.example.com": _AttemptFailed(
+        "dc2.example.com": AttemptFailed(
             "refused the search: insufficientAccessRights (LDAP result 50)", refused=True),
     })
     with pytest.raises(errors.DCUnavailableError) as info:
@@ -193,8 +193,8 @@ def test_a_dc_that_refuses_is_not_called_unreachable(monkeypatch: pytest.MonkeyP
 
 def test_refusals_and_unreachable_dcs_are_named_apart(monkeypatch: pytest.MonkeyPatch) -> None:
     client = _client_failing_with(monkeypatch, {
-        "dc1.example.com": _AttemptFailed("timed out", timed_out=True),
-        "dc2.example.com": _AttemptFailed(
+        "dc1.example.com": AttemptFailed("timed out", timed_out=True),
+        "dc2.example.com": AttemptFailed(
             "refused the search: busy (LDAP result 51)", refused=True),
     })
     with pytest.raises(errors.DCUnavailableError) as info:
@@ -207,7 +207,7 @@ def test_refusals_and_unreachable_dcs_are_named_apart(monkeypatch: pytest.Monkey
 
 def test_unreachable_dcs_keep_the_network_advice(monkeypatch: pytest.MonkeyPatch) -> None:
     client = _client_failing_with(monkeypatch, {
-        "dc1.example.com": _AttemptFailed("connect failed: [Errno 111] Connection refused",
+        "dc1.example.com": AttemptFailed("connect failed: [Errno 111] Connection refused",
                                           unreachable=True),
     })
     with pytest.raises(errors.DCUnavailableError) as info:

@@ -1,7 +1,7 @@
 """An ldap3 without GSSAPI sealing (2.9.1, what distributions ship) is caught at start-up, and
 LDAPS does not depend on sealing.
 
-``credfetcher.directory.LDAP3_CAN_SEAL`` is patched to False, and ldap3's ``ENCRYPT`` removed, to
+``credfetcher.ldapchannel.LDAP3_CAN_SEAL`` is patched to False, and ldap3's ``ENCRYPT`` removed, to
 stand for that release; ``_Connection`` is replaced by one that, like 2.9.1's, rejects the
 ``session_security`` argument, to show that the LDAPS path never passes it.
 """
@@ -15,7 +15,7 @@ from typing import Any
 import ldap3
 import pytest
 
-from credfetcher import daemon, directory, errors
+from credfetcher import daemon, errors, ldapchannel
 from credfetcher.directory import (
     DirectoryClient,
     DirectoryConfig,
@@ -28,12 +28,12 @@ from credfetcher.identity import HostIdentity
 
 @pytest.fixture
 def old_ldap3(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(directory, "LDAP3_CAN_SEAL", False)
+    monkeypatch.setattr(ldapchannel, "LDAP3_CAN_SEAL", False)
     monkeypatch.delattr(ldap3, "ENCRYPT", raising=False)
 
 
 def test_the_pinned_ldap3_can_seal() -> None:
-    assert directory.LDAP3_CAN_SEAL
+    assert ldapchannel.LDAP3_CAN_SEAL
 
 
 @pytest.mark.usefixtures("old_ldap3")
@@ -99,7 +99,7 @@ def test_daemon_says_so_at_start_up(
     assert "session_security=ENCRYPT" in err
 
 
-class _Ldap391Connection(directory._Connection):
+class _Ldap391Connection(ldapchannel._Connection):
     """ldap3 2.9.1's signature: no session_security (its Connection raises TypeError)."""
 
     seen: list[dict[str, Any]] = []  # noqa: RUF012 - per-test, reset by the test
@@ -113,7 +113,7 @@ class _Ldap391Connection(directory._Connection):
 
 @pytest.mark.usefixtures("old_ldap3")
 def test_ldaps_never_passes_session_security(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(directory, "_Connection", _Ldap391Connection)
+    monkeypatch.setattr(ldapchannel, "_Connection", _Ldap391Connection)
     _Ldap391Connection.seen = []
     config = DirectoryConfig(domain="example.com",
                              domain_controllers=parse_dc_list("ldaps://127.0.0.1:9"), timeout=1)

@@ -25,9 +25,11 @@ CORE = [
     "credfetcher.errors",
     "credfetcher.exporter",
     "credfetcher.files",
+    "credfetcher.gmsasearch",
     "credfetcher.identity",
     "credfetcher.keys",
     "credfetcher.keytab",
+    "credfetcher.ldapchannel",
     "credfetcher.leases",
     "credfetcher.metrics",
     "credfetcher.names",
@@ -35,6 +37,8 @@ CORE = [
     "credfetcher.service",
     "credfetcher.systemd",
     "credfetcher.tickets",
+    "credfetcher.tlsbinding",
+    "credfetcher.values",
 ]
 
 
@@ -56,7 +60,13 @@ def test_core_modules_load_no_grpc(module: str) -> None:
 
 @pytest.mark.parametrize(
     "module",
-    ["credfetcher.leases", "credfetcher.config", "credfetcher.cli", "credfetcher.credspec"],
+    [
+        "credfetcher.leases",
+        "credfetcher.config",
+        "credfetcher.cli",
+        "credfetcher.credspec",
+        "credfetcher.values",
+    ],
 )
 def test_store_config_and_cli_load_no_directory_libraries(module: str) -> None:
     loaded = loaded_after_import(module)
