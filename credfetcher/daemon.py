@@ -27,7 +27,7 @@ from pathlib import Path
 
 import grpc
 
-from credfetcher import __version__
+from credfetcher import __version__, gcpolicy
 from credfetcher._proto import credentialsfetcher_pb2 as pb
 from credfetcher._proto import credentialsfetcher_pb2_grpc as pb_grpc
 from credfetcher.config import SETTINGS, Config, describe, load_config, parse_metrics_address
@@ -206,6 +206,7 @@ def run(config: Config, notifier: Notifier) -> int:
     wait_until_serving(config.socket_path)
     log.info("serving on unix:%s (krbdir %s)", config.socket_path, config.krb_dir)
     notifier.ready(f"serving {service.scheduler.lease_count()} lease(s)")
+    gcpolicy.start(stop, loaded=service.wait_recovered)
 
     interval = notifier.watchdog_interval() or 10.0
     while (received := wait_for_stop_signal(min(interval, 10.0))) is None:

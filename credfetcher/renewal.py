@@ -177,6 +177,9 @@ class RenewalScheduler:
         self._lock = threading.RLock()
         self._lease_locks: dict[str, threading.Lock] = {}
         self._wake = threading.Event()
+        # When (self.clock) the loop wakes by itself: register() wakes it only for a group due
+        # sooner, so 20,000 leases loaded or added cost the loop no pass each.
+        self._wake_at = float("inf")
         self._held = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -227,7 +230,11 @@ class RenewalScheduler:
                 # The group is scheduled by its earliest ticket: a newer lease's later ticket must
                 # not push the renewal past the end of the tickets the older leases hold.
                 self._succeeded(group, info)
-        self._wake.set()
+            if not self._held.is_set():
+                now = self.clock()
+                due_at = 0.0 if _keys_due(group, now) else group.next_attempt
+                if group.account is not None and due_at < self._wake_at:
+                    self._wake.set()
 
     def _detach(self, tk: tuple[str, str]) -> None:
         """Forget one target wherever it is (the caller holds the lock)."""
@@ -694,17 +701,26 @@ class RenewalScheduler:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            # Cleared before looking at the state, so a wake-up that comes after this point is
+            # never lost (the wait below returns at once).
+            self._wake.clear()
+            held = self._held.is_set()
             self.heartbeat = time.monotonic()
             try:
-                if not self._held.is_set():
+                if not held:
                     self.run_due()
             except Exception:
                 # The loop must outlive any bug in one renewal; the traceback goes to the log.
                 log.exception("renewal pass failed")
             self.heartbeat = time.monotonic()
-            # Wake at least every 10 s: keeps the heartbeat (watchdog, HealthCheck) fresh.
-            self._wake.wait(timeout=min(self.next_due_in(), 10.0))
-            self._wake.clear()
+            # Wake at least every 10 s: keeps the heartbeat (watchdog, HealthCheck) fresh. Held,
+            # nothing runs before release() wakes the loop: a group already due must not make it
+            # spin (it did, a whole core while 20,000 leases were loaded). Under the lock, so a
+            # register() sees either this wake-up time or a schedule that includes its group.
+            with self._lock:
+                timeout = 10.0 if held else min(self.next_due_in(), 10.0)
+                self._wake_at = self.clock() + timeout
+            self._wake.wait(timeout)
 
 
 def _keys_due(group: GroupState, now: float) -> bool:

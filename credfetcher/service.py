@@ -38,6 +38,7 @@ from credfetcher.files import Ownership
 from credfetcher.identity import HostIdentity, UserIdentity
 from credfetcher.keytab import write_keytab
 from credfetcher.krbcodes import is_dc_outage
+from credfetcher.leaseindex import LeaseIndex
 from credfetcher.leases import (
     CCACHE_NAME,
     KEYTAB_NAME,
@@ -139,6 +140,7 @@ class LeaseService:
         self._leases: dict[str, LeaseRecord] = {}
         # Lease directories found at start-up and not loaded yet (see start()).
         self._pending: set[str] = set()
+        self._index = LeaseIndex()  # the ids of both, sorted: a ListLeases page is a slice
         self._load_lock = threading.Lock()
         self._recovered = threading.Event()
         self._recovered.set()
@@ -249,6 +251,7 @@ class LeaseService:
         names = self.store.scan()
         with self._lock:
             self._pending = set(names)
+            self._index.load([*names, *self._leases])
         self._recovered.clear()
         self.scheduler.hold()
         self.scheduler.start()
@@ -264,6 +267,8 @@ class LeaseService:
             log.exception("recovering the leases in %s failed", self.config.krb_dir)
         finally:
             with self._lock:
+                for name in self._pending - self._leases.keys():
+                    self._index.remove(name)
                 self._pending.clear()  # what the loop could not load is no lease to wait for
             self._recovered.set()
             self.scheduler.release()
@@ -294,12 +299,15 @@ class LeaseService:
             finally:
                 with self._lock:
                     self._pending.discard(lease_id)
+                    if lease_id not in self._leases:
+                        self._index.remove(lease_id)
         return record is not None
 
     def _register_recovered(self, record: LeaseRecord) -> None:
         now = self.clock()
         with self._lock:
             self._leases[record.lease_id] = record
+            self._index.add(record.lease_id)
         for entry in record.entries:
             target = self._target(record, entry.gmsa_name)
             # From a checked fd (never a FIFO, a symlink or a file the daemon did not make);
@@ -494,6 +502,7 @@ class LeaseService:
             raise
         with self._lock:
             self._leases[lease_id] = record
+            self._index.add(lease_id)
         for (account, _, _), entry, info in zip(acquired, record.entries, infos, strict=True):
             self.scheduler.register(
                 account.key, account, self._target(record, entry.gmsa_name), info
@@ -510,12 +519,14 @@ class LeaseService:
                 self.scheduler.unregister_lease(lease_id)
                 with self._lock:
                     self._leases.pop(lease_id, None)
+                    self._index.remove(lease_id)
                 raise
             # Gone from disk first, then from the scheduler: a rebind that registers the lease
             # again in between finds it gone (see _rebind_lease).
             self.scheduler.unregister_lease(lease_id)
         with self._lock:
             self._leases.pop(lease_id, None)
+            self._index.remove(lease_id)
         log.info("deleted lease %s", lease_id, extra={"LEASE_ID": lease_id})
         return removed
 
@@ -592,13 +603,13 @@ class LeaseService:
     ) -> Iterator[LeaseView]:
         """Leases in lease-id order, from the first id greater than ``after``, made lazily.
 
-        ``gmsa`` (case-insensitive) and ``state`` filter; empty means all. The ids are taken
-        when iteration starts: a lease deleted meanwhile is skipped, one added is not seen.
+        ``gmsa`` (case-insensitive) and ``state`` filter; empty means all. The ids are read
+        from the sorted index a chunk at a time as iteration goes (a page costs the page, not
+        every lease): a lease deleted meanwhile is skipped, one added past the position reached
+        is seen, and no lease is seen twice.
         """
-        with self._lock:
-            ids = sorted(i for i in self._leases.keys() | self._pending if i > after)
         wanted = gmsa.lower()
-        for lease_id in ids:
+        for lease_id in self._index.walk(after, self._lock):
             self._ensure_loaded(lease_id)
             with self._lock:
                 record = self._leases.get(lease_id)

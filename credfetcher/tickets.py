@@ -24,7 +24,7 @@ from pathlib import Path
 
 import krb5
 
-from credfetcher import krbcodes, metrics
+from credfetcher import ccachefile, krbcodes, metrics
 from credfetcher.errors import KerberosError, KeyRejectedError, StorageError, UnsupportedError
 from credfetcher.files import Ownership, atomic_target, read_regular
 from credfetcher.keys import KerberosKey
@@ -40,6 +40,7 @@ __all__ = [
     "read_ticket_info",
     "renew_tgt",
     "store_tgt",
+    "ticket_info_from_bytes",
 ]
 
 @dataclass(frozen=True)
@@ -223,8 +224,9 @@ def read_ticket_info(
 
     The file is read through :func:`credfetcher.files.read_regular` (``O_NOFOLLOW|O_NONBLOCK``,
     a regular file of one link and a sane size, owned by ``owner`` when given, directories
-    walked from ``root``), and libkrb5 parses a private in-memory copy (a memfd reached as
-    ``FILE:/proc/self/fd/N``): it never opens a name in a lease directory, and a lock someone
+    walked from ``root``), once, and the bytes read are parsed (:func:`ticket_info_from_bytes`;
+    when libkrb5 parses them, it reads a private in-memory copy, a memfd reached as
+    ``FILE:/proc/self/fd/N``): no name in a lease directory is opened again, and a lock someone
     holds on the lease's file cannot make it wait (MIT takes a blocking read lock on FILE
     caches). The TGT is the ``krbtgt/REALM@REALM`` ticket of the cache's client realm; ccache
     config entries (``X-CACHECONF:``) and service tickets are skipped.
@@ -234,8 +236,33 @@ def read_ticket_info(
     except StorageError as exc:
         log.info("not reading a ticket from %s: %s", path, exc.message)
         return None
-    if not data:
+    return ticket_info_from_bytes(data) if data else None
+
+
+def ticket_info_from_bytes(data: bytes) -> TicketInfo | None:
+    """The TGT in a FILE ccache's bytes (see :func:`read_ticket_info`), or None.
+
+    Parsed once, here (:mod:`credfetcher.ccachefile`); a cache that parser leaves to libkrb5
+    (another format version, a name libkrb5 quotes) is parsed by libkrb5 instead.
+    """
+    try:
+        times = ccachefile.tgt_times(data)
+    except ValueError:
+        return None  # libkrb5 refuses a damaged cache as a whole too
+    except ccachefile.Unsupported:
+        return _ticket_info_by_libkrb5(data)
+    if times is None:
         return None
+    return TicketInfo(
+        principal=times.principal,
+        # starttime is optional in the ticket (RFC 4120 §5.3): absent means "from authtime".
+        starttime=times.starttime or times.authtime,
+        endtime=times.endtime,
+        renew_till=times.renew_till,
+    )
+
+
+def _ticket_info_by_libkrb5(data: bytes) -> TicketInfo | None:
     fd = os.memfd_create("credfetcher-ccache", os.MFD_CLOEXEC)
     try:
         view = memoryview(data)
