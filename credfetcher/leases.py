@@ -48,11 +48,10 @@ from credfetcher.files import (
     read_regular,
     remove_tree_inside,
 )
-from credfetcher.names import NAMED_LEASE_ID
+from credfetcher.values import LeaseId
 
 log = logging.getLogger(__name__)
 
-LEASE_ID = re.compile(r"^[0-9a-f]{20}$")
 # A lease directory named by the caller (ARN leases' ``#<lease_id>/<dir>``): one path component,
 # no dots (so never ``..`` and never ``<lease_id>_metadata.json``).
 DIR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
@@ -67,23 +66,21 @@ METADATA_MODE = 0o600
 
 def new_lease_id() -> str:
     """20 lowercase hex characters from the OS CSPRNG, as credentials-fetcher makes them."""
-    return secrets.token_hex(10)
+    return LeaseId.new()
 
 
 def validate_lease_id(lease_id: str) -> str:
-    """Accept a random lease id or a named one (start-up, ARN); anything else is refused."""
-    if LEASE_ID.match(lease_id) or NAMED_LEASE_ID.match(lease_id):
-        return lease_id
-    shown = lease_id[:64].encode("unicode_escape").decode("ascii")
-    raise InvalidRequestError(
-        f"lease id {shown!r} is not a lease id (20 lowercase hex characters, or a name of "
-        "letters, digits, '-' and '_')"
-    )
+    """Accept a random lease id or a named one (start-up, ARN); anything else is refused.
+
+    :class:`~credfetcher.values.LeaseId` matches the whole string: ``re``'s ``$`` also matches
+    before a final newline, which let ``"<id>\\n"`` through here before.
+    """
+    return LeaseId(lease_id)
 
 
 def validate_dir_name(name: str) -> str:
     """Accept a caller-chosen directory name (letters, digits, '-', '_'; at most 128)."""
-    if DIR_NAME.match(name):
+    if DIR_NAME.fullmatch(name):
         return name
     shown = name[:64].encode("unicode_escape").decode("ascii")
     raise InvalidRequestError(

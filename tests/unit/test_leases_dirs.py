@@ -17,6 +17,7 @@ from credfetcher.leases import (
     LeaseRecord,
     LeaseStore,
     new_lease_id,
+    validate_dir_name,
     validate_lease_id,
 )
 
@@ -87,3 +88,15 @@ def test_recovery_tightens_what_older_versions_made(tmp_path: Path) -> None:
     assert _mode(store.lease_dir(lease_id)) == 0o711
     assert _mode(store.gmsa_dir(lease_id, "webapp01")) == 0o711
     assert _mode(store.metadata_path(lease_id)) == 0o600
+
+
+@pytest.mark.parametrize("text", ["0123456789abcdef0123\n", "webapp\n", "a/b", "..", ""])
+def test_lease_ids_are_matched_whole(text: str) -> None:
+    # re's "$" matches before a trailing newline; a lease id with one must not name a directory.
+    with pytest.raises(InvalidRequestError):
+        validate_lease_id(text)
+
+
+def test_gmsa_directory_names_are_matched_whole() -> None:
+    with pytest.raises(InvalidRequestError):
+        validate_dir_name("webapp01\n")
