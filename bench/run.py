@@ -66,6 +66,7 @@ from credfetcher.directory import DirectoryClient, DirectoryConfig  # noqa: E402
 from credfetcher.discovery import parse_dc_list  # noqa: E402
 from credfetcher.identity import HostIdentity  # noqa: E402
 from credfetcher.service import LeaseService  # noqa: E402
+from credfetcher.testing import FakeClock  # noqa: E402
 from credfetcher.tickets import acquire_tgt  # noqa: E402
 from tests.conftest import SAMBA_AD, TestDC, load_test_dc  # noqa: E402
 from tests.integration.daemon import Daemon, running_daemon  # noqa: E402
@@ -458,14 +459,6 @@ def measure_own_as(dc: TestDC, gmsas: Sequence[str], samples: int, root: Path) -
         service.stop()
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now: float | None = None
-
-    def __call__(self) -> float:
-        return time.time() if self.now is None else self.now
-
-
 @dataclass(frozen=True)
 class RenewalResult:
     attempted: int
@@ -475,7 +468,7 @@ class RenewalResult:
 
 
 def measure_renewal(dc: TestDC, gmsas: Sequence[str], root: Path) -> RenewalResult:
-    clock = FakeClock()
+    clock = FakeClock(None)  # the real clock until the bench moves it
     config = dc.service_config(root)
     service = LeaseService(config, clock=clock)
     try:
@@ -483,9 +476,10 @@ def measure_renewal(dc: TestDC, gmsas: Sequence[str], root: Path) -> RenewalResu
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda n: service.add_lease([specs[n % len(specs)]]), range(LEASES)))
         assert service.scheduler.lease_count() == LEASES
-        groups = service.scheduler._groups  # the bench only reads it
-        assert len(groups) == len(gmsas)
-        latest_end = max(g.endtime for g in groups.values())
+        # One account per gMSA (all read as the host), each with the end of its ticket.
+        _, ends = service.scheduler.live_counts()
+        assert len(ends) == len(gmsas), ends
+        latest_end = max(ends.values())
         # KDC times have 1 s resolution: the renewed tickets must be able to end later.
         time.sleep(1.1)
         # Just past every group's margin (and before any ticket ends): every group is due.

@@ -18,7 +18,9 @@ EIO, a read-only remount, a directory planted at its name) or whose directory wa
 (:class:`credfetcher.files.TamperedError`) shows as failing with the reason, and is written again
 from the group's current TGT (kept in memory, no new AS exchange) on its own backoff -- at most
 ``BACKOFF_CAP`` apart, so long before the ticket its file still holds ends -- until a write is
-clean. The other targets of the group are not held back.
+clean. The other targets of the group are not held back. The files are written by
+:mod:`credfetcher.leasefiles`, which reports each write's outcome; the groups and their indexes
+are kept by :mod:`credfetcher.groups`; this module decides when.
 
 The clock is injectable and :meth:`RenewalScheduler.run_due` does one pass synchronously, so
 unit tests drive the scheduler without sleeping.
@@ -26,29 +28,35 @@ unit tests drive the scheduler without sleeping.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from credfetcher import metrics, tickets
-from credfetcher.errors import (
-    BindError,
-    CredfetcherError,
-    KerberosError,
-    KeyRejectedError,
-    StorageError,
+from credfetcher.errors import BindError, CredfetcherError, KerberosError, KeyRejectedError
+from credfetcher.groups import (
+    Account,
+    GroupIndex,
+    GroupState,
+    Target,
+    TargetKey,
+    TargetStatus,
+    keys_due,
+    keys_due_at,
 )
-from credfetcher.files import Ownership, TamperedError, regular_file_exists
-from credfetcher.identity import UserIdentity
 from credfetcher.keys import KerberosKey
-from credfetcher.keytab import write_keytab
 from credfetcher.krbcodes import is_dc_outage
+from credfetcher.leasefiles import LeaseFiles, WriteOutcome
+from credfetcher.lockout import REJECTED_PASSWORD_RETRY, RefusedPasswords
+
+# Defined with the group bookkeeping; service.py builds its Targets from here.
+__all__ = ["REJECTED_PASSWORD_RETRY", "Account", "RenewalScheduler", "Target", "TargetStatus"]
 
 log = logging.getLogger(__name__)
 
@@ -58,86 +66,8 @@ JITTER = 0.1
 MAX_MARGIN_FRACTION = 0.9
 LIFE_SLACK = 5.0
 MIN_AGE_FRACTION = 0.05
-# A domainless user's password that the DC or KDC refused is tried again no sooner than this
-# (CF_REJECTED_PASSWORD_RETRY): every try is a failed pre-authentication that AD counts towards
-# the account's lockout, and the count only resets once its observation window has passed since
-# the last failure. See docs/configuration.md.
-REJECTED_PASSWORD_RETRY = 1860.0
-# Groups renewed at once in one pass: a KDC that black-holes one request then delays the others
-# by its timeout only once per batch, not once per group.
+# Groups renewed at once: a KDC that black-holes a request delays the others once per batch.
 RENEWAL_WORKERS = 4
-
-
-class Account(Protocol):
-    """What the scheduler needs from an account (see :class:`credfetcher.accounts.GmsaAccount`)."""
-
-    principal: str
-    gmsa: str
-
-    def acquire_tgt(self) -> tuple[tickets.Tgt, Any]: ...
-
-    def keytab_keys(self, material: Any, *, rc4: bool) -> list[KerberosKey]: ...
-
-
-@dataclass(frozen=True)
-class Target:
-    """One lease's copy of a gMSA's credentials."""
-
-    lease_id: str
-    gmsa: str
-    ccache: Path
-    ownership: Ownership
-    keytab: Path | None = None
-
-
-@dataclass
-class GroupState:
-    """Renewal state of one account and every target that shares its TGT."""
-
-    account: Account | None  # None: a domainless lease waiting for its user's credentials
-    targets: dict[tuple[str, str], Target] = field(default_factory=dict)
-    starttime: float = 0.0
-    endtime: float = 0.0
-    renew_till: float = 0.0
-    next_attempt: float = 0.0
-    failures: int = 0
-    last_error: str = ""
-    last_success: float = 0.0
-    failing_since: float | None = None
-    material_id: int = 0  # id() of the key material last written to keytabs
-    keytabs: int = 0  # how many targets have a keytab: O(1) for _keys_due at any lease count
-    registered_at: float = 0.0
-    # The last TGT and key material the account gave: what a failed write is retried with.
-    tgt: tickets.Tgt | None = field(default=None, repr=False)
-    material: Any = field(default=None, repr=False)
-
-
-@dataclass
-class WriteFailure:
-    """A target whose files could not be written (or were tampered with) at the last attempt."""
-
-    error: str
-    since: float
-    failures: int = 0
-    next_attempt: float = 0.0
-    retry: bool = True  # False: every file was written; only a tampering report remains
-
-
-@dataclass(frozen=True)
-class TargetStatus:
-    """What ListLeases and HealthCheck show about one target."""
-
-    endtime: float
-    renew_till: float
-    next_attempt: float
-    last_error: str
-    waiting_for_credentials: bool
-
-
-def _user_identity(account: Account) -> str | None:
-    """The identity key of a domainless user's account (whose refused password AD counts)."""
-    identity = getattr(account, "identity", None)
-    return "|".join(identity.key) if isinstance(identity, UserIdentity) else None
 
 
 class RenewalScheduler:
@@ -156,29 +86,20 @@ class RenewalScheduler:
         krb_dir: Path | None = None,
     ) -> None:
         self.margin = margin
-        self.rejected_retry = rejected_retry
-        # Per user identity whose password was refused: when it may be tried again. Held per
-        # identity, not per group, so N gMSAs read by one user cost one try per period, not N.
-        self._rejected: dict[str, float] = {}
-        # The root every target's directory is walked from (see credfetcher.files).
-        self.krb_dir = krb_dir
+        # Domainless users whose password was refused: tried again only when lockout-safe.
+        self._refused = RefusedPasswords(rejected_retry)
         self.orphan_after = orphan_after
         self.rc4 = rc4
         self.clock = clock
         self.rng = rng
         self.on_orphan = on_orphan
-        self._groups: dict[Hashable, GroupState] = {}
-        self._ticket_times: dict[tuple[str, str], tickets.TicketInfo] = {}
-        self._write_failures: dict[tuple[str, str], WriteFailure] = {}
-        # Indexes, so that a delete, a status or a count costs the same at 20 leases or 20,000:
-        # which group each target is in, and which gMSAs each lease has.
-        self._where: dict[tuple[str, str], Hashable] = {}
-        self._by_lease: dict[str, set[str]] = {}
+        # The groups and their indexes; self._lock guards it and every GroupState in it.
+        self._index = GroupIndex()
+        # Each target's files, and the per-lease locks (krb_dir: see credfetcher.files).
+        self.files = LeaseFiles(krb_dir)
         self._lock = threading.RLock()
-        self._lease_locks: dict[str, threading.Lock] = {}
         self._wake = threading.Event()
-        # When (self.clock) the loop wakes by itself: register() wakes it only for a group due
-        # sooner, so 20,000 leases loaded or added cost the loop no pass each.
+        # When the loop wakes by itself: register() wakes it only for a group due sooner.
         self._wake_at = float("inf")
         self._held = threading.Event()
         self._stop = threading.Event()
@@ -187,12 +108,10 @@ class RenewalScheduler:
         # Message of the last DC/KDC failure; "" once a later call succeeded.
         self.last_dc_error = ""
 
-    # -- registration ----------------------------------------------------------------------
 
     def lease_lock(self, lease_id: str) -> threading.Lock:
         """Held while a lease's files are written or removed, so the two never interleave."""
-        with self._lock:
-            return self._lease_locks.setdefault(lease_id, threading.Lock())
+        return self.files.lock(lease_id)
 
     def register(
         self,
@@ -202,26 +121,10 @@ class RenewalScheduler:
         info: tickets.TicketInfo | None,
     ) -> None:
         """Track ``target`` under the account ``key``; ``info`` is the ticket just written."""
-        tk = (target.lease_id, target.gmsa)
         with self._lock:
-            if self._where.get(tk, key) != key:
-                self._detach(tk)
-            group = self._groups.get(key)
-            if group is None:
-                group = GroupState(account=account, registered_at=self.clock())
-                self._groups[key] = group
-            elif account is not None:
-                group.account = account
-            joined = bool(group.targets)
-            replaced = group.targets.get(tk)
-            group.keytabs += (target.keytab is not None) - (
-                replaced is not None and replaced.keytab is not None
-            )
-            group.targets[tk] = target
-            self._where[tk] = key
-            self._by_lease.setdefault(target.lease_id, set()).add(target.gmsa)
+            group, joined = self._index.attach(key, account, target, self.clock())
             if info is not None:
-                self._ticket_times[(target.lease_id, target.gmsa)] = info
+                self._index.ticket_times[target.key] = info
             if info is None:
                 # This target has no usable ticket: renew the group (all its files) now.
                 now = self.clock()
@@ -232,32 +135,14 @@ class RenewalScheduler:
                 self._succeeded(group, info)
             if not self._held.is_set():
                 now = self.clock()
-                due_at = 0.0 if _keys_due(group, now) else group.next_attempt
+                due_at = 0.0 if keys_due(group, now) else group.next_attempt
                 if group.account is not None and due_at < self._wake_at:
                     self._wake.set()
 
-    def _detach(self, tk: tuple[str, str]) -> None:
-        """Forget one target wherever it is (the caller holds the lock)."""
-        key = self._where.pop(tk, None)
-        group = self._groups.get(key) if key is not None else None
-        if group is not None:
-            gone = group.targets.pop(tk, None)
-            group.keytabs -= gone is not None and gone.keytab is not None
-            if not group.targets:
-                del self._groups[key]
-        self._ticket_times.pop(tk, None)
-        self._write_failures.pop(tk, None)
-        gmsas = self._by_lease.get(tk[0])
-        if gmsas is not None:
-            gmsas.discard(tk[1])
-            if not gmsas:
-                del self._by_lease[tk[0]]
-
     def unregister_lease(self, lease_id: str) -> None:
         with self._lock:
-            for gmsa in list(self._by_lease.get(lease_id, ())):
-                self._detach((lease_id, gmsa))
-            self._lease_locks.pop(lease_id, None)
+            self._index.detach_lease(lease_id)
+            self.files.forget(lease_id)
 
     def move_target(
         self,
@@ -275,87 +160,39 @@ class RenewalScheduler:
         is not due, and the background loop does not race the caller's own renewal.
         """
         with self._lock:
-            self._detach((target.lease_id, target.gmsa))
+            self._index.detach(target.key)
             self.register(new_key, account, target, info)
 
-    # -- status ----------------------------------------------------------------------------
 
     def status(self, lease_id: str, gmsa: str) -> TargetStatus | None:
         with self._lock:
-            key = self._where.get((lease_id, gmsa))
-            group = self._groups.get(key) if key is not None else None
-            if group is None:
-                return None
-            # The ticket this target's file holds; the group's earliest one otherwise.
-            own = self._ticket_times.get((lease_id, gmsa))
-            write = self._write_failures.get((lease_id, gmsa))
-            errors = [group.last_error, write.error if write else ""]
-            return TargetStatus(
-                endtime=float(own.endtime) if own else group.endtime,
-                renew_till=float(own.renew_till) if own else group.renew_till,
-                next_attempt=(
-                    min(group.next_attempt, write.next_attempt) if write else group.next_attempt
-                ),
-                last_error="; ".join(e for e in errors if e),
-                waiting_for_credentials=group.account is None,
-            )
+            return self._index.status((lease_id, gmsa))
 
     def failing_groups(self) -> list[tuple[str, str]]:
         """(principal or key, last error) of every group whose last attempt failed."""
         with self._lock:
-            return [
-                (g.account.principal, g.last_error)
-                for k, g in self._groups.items()
-                if g.failures and g.account is not None
-            ]
+            return self._index.failing_groups()
 
     def live_counts(self) -> tuple[dict[str, int], dict[str, float]]:
         """Leases per state (the worst of their targets'), and per account principal the end of
         the earliest ticket its leases hold: what the metrics endpoint shows at each scrape."""
-        rank = {"active": 0, "failing": 1, "waiting-for-credentials": 2}
-        states: dict[str, str] = {}
-        ends: dict[str, float] = {}
         with self._lock:
-            for group in self._groups.values():
-                if group.account is None:
-                    state = "waiting-for-credentials"
-                else:
-                    state = "failing" if group.last_error else "active"
-                    if group.targets and group.endtime:
-                        ends[group.account.principal] = min(
-                            group.endtime, ends.get(group.account.principal, group.endtime)
-                        )
-                for tk in group.targets:
-                    own = "failing" if state == "active" and tk in self._write_failures else state
-                    if rank[own] > rank[states.get(tk[0], "active")]:
-                        states[tk[0]] = own
-                    else:
-                        states.setdefault(tk[0], own)
-        counts: dict[str, int] = {}
-        for state in states.values():
-            counts[state] = counts.get(state, 0) + 1
-        return counts, ends
+            return self._index.live_counts()
 
     def ticket_info(self, lease_id: str, gmsa: str) -> tickets.TicketInfo | None:
         """The ticket the daemon last wrote into this target's file (None: none known)."""
         with self._lock:
-            return self._ticket_times.get((lease_id, gmsa))
+            return self._index.ticket_times.get((lease_id, gmsa))
 
     def all_writes_failing(self) -> str | None:
         """The first write error when no target's files could be written at its last attempt
         (and there is one). A tampering report alone (the file was written) does not count."""
         with self._lock:
-            # Counts first: HealthCheck asks this, and must not walk 20,000 healthy leases.
-            if not self._where or len(self._write_failures) < len(self._where):
-                return None
-            failures = list(self._write_failures.values())
-            if any(not f.retry for f in failures):
-                return None
-            return failures[0].error
+            return self._index.all_writes_failing()
 
     def lease_count(self) -> int:
         with self._lock:
-            return len(self._by_lease)
+            return len(self._index.by_lease)
 
     def alive(self, max_age: float) -> bool:
         """The loop thread runs and has completed a pass within ``max_age`` seconds."""
@@ -366,7 +203,6 @@ class RenewalScheduler:
             and time.monotonic() - self.heartbeat <= max_age
         )
 
-    # -- the work --------------------------------------------------------------------------
 
     def effective_margin(self, group: GroupState) -> float:
         """The configured margin, or half the ticket's life when the margin would not fit.
@@ -401,7 +237,6 @@ class RenewalScheduler:
         group.failures = 0
         group.last_error = ""
         group.failing_since = None
-        group.last_success = self.clock()
 
     def _failed(self, group: GroupState, message: str) -> None:
         now = self.clock()
@@ -417,17 +252,18 @@ class RenewalScheduler:
         with self._lock:
             return [
                 k
-                for k, g in self._groups.items()
-                if g.account is not None and (g.next_attempt <= now or _keys_due(g, now))
+                for k, g in self._index.groups.items()
+                if g.account is not None and (g.next_attempt <= now or keys_due(g, now))
             ]
 
     def next_due_in(self) -> float:
         now = self.clock()
         with self._lock:
-            times = [g.next_attempt for g in self._groups.values() if g.account is not None]
-            times += [w.next_attempt for w in self._write_failures.values()]
-            # Keytabs change at the password change itself, to the second (_keys_due).
-            times += [t for g in self._groups.values() if (t := _keys_due_at(g)) is not None]
+            groups = self._index.groups.values()
+            times = [g.next_attempt for g in groups if g.account is not None]
+            times += [w.next_attempt for w in self._index.write_failures.values()]
+            # Keytabs change at the password change itself, to the second (keys_due).
+            times += [t for g in groups if (t := keys_due_at(g)) is not None]
         return max(0.0, min(times) - now) if times else 3600.0
 
     def run_due(self) -> int:
@@ -453,7 +289,7 @@ class RenewalScheduler:
             # for the others nor leave this group due at once (the loop would spin on it).
             log.exception("renewal of %s failed unexpectedly", key)
             with self._lock:
-                group = self._groups.get(key)
+                group = self._index.groups.get(key)
                 if group is not None:
                     self._failed(group, f"unexpected {type(exc).__name__}: {exc}")
 
@@ -465,34 +301,28 @@ class RenewalScheduler:
         credentials, and is as good as the one it replaces.
         """
         with self._lock:
-            group = self._groups.get(key)
+            group = self._index.groups.get(key)
             if group is None or group.account is None:
                 return None
             account = group.account
             old_end = group.endtime
-            held = _user_identity(account)
-            if held is not None and held in self._rejected:
-                now = self.clock()
-                if not asked and now < self._rejected[held]:
-                    # Another group of this identity was refused: wait for the same window.
-                    group.next_attempt = max(group.next_attempt, self._rejected[held])
-                    return None
-                # This attempt is the identity's one try for the period: others wait for it.
-                self._rejected[held] = now + self.rejected_retry
+            held = self._refused.identity_of(account)
+            wait = None if held is None else self._refused.claim(held, self.clock(), asked=asked)
+            if wait is not None:
+                group.next_attempt = max(group.next_attempt, wait)
+                return None
         started = time.monotonic()
         try:
             tgt, material = account.acquire_tgt()
         except CredfetcherError as exc:
             metrics.inc(metrics.RENEWAL_FAILURES, account.gmsa)
-            refused = held is not None and isinstance(exc, BindError | KeyRejectedError)
+            refused = isinstance(exc, BindError | KeyRejectedError)
             with self._lock:
                 self._failed(group, exc.message)
-                if held is not None and refused:
-                    until = self.clock() + self.rejected_retry
-                    self._rejected[held] = until
-                    group.next_attempt = until + self.rejected_retry * JITTER * self.rng()
-                elif held is not None and held in self._rejected:
-                    self._rejected[held] = self.clock()  # not a refusal: the next try may go
+                if held is not None:
+                    until = self._refused.failed(held, self.clock(), refused=refused)
+                    if until is not None:  # the password itself: wait until lockout-safe
+                        group.next_attempt = until + self._refused.retry * JITTER * self.rng()
                 retry = group.next_attempt - self.clock()
             log.warning(
                 "renewal of %s failed (attempt %d, next in %.0f s): %s",
@@ -508,7 +338,7 @@ class RenewalScheduler:
         self.last_dc_error = ""
         if held is not None:
             with self._lock:
-                self._rejected.pop(held, None)
+                self._refused.succeeded(held)
         if tgt.info.endtime <= old_end and not asked:
             # The KDC gave us nothing new (e.g. the account's max ticket life was reached):
             # keep the current files and try again later rather than rewriting them.
@@ -523,8 +353,9 @@ class RenewalScheduler:
             targets = list(group.targets.values())
             write_keytabs = group.material_id != id(material)
             group.tgt, group.material = tgt, material
+        keys = self._keys_of(account, material)
         for target in targets:
-            self._write_target(account, target, tgt, material, write_keytabs)
+            self._write_target(target, tgt, keys, write_keytabs)
             # A pass over tens of thousands of files outlasts HealthCheck's and the watchdog's
             # 60 s: progress counts as life.
             self.heartbeat = time.monotonic()
@@ -538,65 +369,33 @@ class RenewalScheduler:
 
     def _write_target(
         self,
-        account: Account,
         target: Target,
         tgt: tickets.Tgt,
-        material: Any,
-        write_keytab_now: bool,
-    ) -> str | None:
-        """Write one target's ccache (and keytab); record and return what went wrong, if
-        anything. A target unregistered meanwhile (its lease deleted) is left alone."""
-        tk = (target.lease_id, target.gmsa)
-        with self.lease_lock(target.lease_id):
-            if not self._registered(tk):
-                return None  # the lease was deleted meanwhile (delete holds this lock)
-            problems: list[str] = []
-            retry = False  # True: a file is not written; False: at most a tampering report
-            try:
-                tickets.store_tgt(tgt, target.ccache, target.ownership, root=self.krb_dir)
-                stored = True
-            except TamperedError as exc:
-                stored = True  # written, but something else sat at its name: reported
-                problems.append(exc.message)
-            except StorageError as exc:
-                stored, retry = False, True
-                problems.append(exc.message)
-            if stored:
-                with self._lock:
-                    self._ticket_times[tk] = tgt.info
-            if target.keytab is not None and (
-                write_keytab_now
-                or tk in self._write_failures
-                or not regular_file_exists(
-                    target.keytab, root=self.krb_dir, owner=target.ownership.expected_uid
-                )
-            ):
-                try:
-                    keys = account.keytab_keys(material, rc4=self.rc4)
-                    write_keytab(
-                        target.keytab, tgt.principal, keys, target.ownership, root=self.krb_dir
-                    )
-                except TamperedError as exc:
-                    problems.append(exc.message)
-                except StorageError as exc:
-                    retry = True
-                    problems.append(exc.message)
-            message = "; ".join(problems) or None
-            self._record_write(tk, message, retry=retry)
-        if message is not None:
+        keys: Callable[[], Sequence[KerberosKey]],
+        keytab_due: bool,
+    ) -> WriteOutcome | None:
+        """Write one target's ccache (and keytab) and record the outcome: a failed write backs
+        off on its own. A target unregistered meanwhile (its lease deleted) is left alone."""
+        tk = target.key
+        with self.files.lock(target.lease_id):
+            with self._lock:
+                if tk not in self._index.where:
+                    return None  # the lease was deleted meanwhile (delete holds this lock)
+                keytab_due = keytab_due or tk in self._index.write_failures
+            outcome = self.files.refresh(target, tgt, keys, keytab_due)
+            self._record_write(tk, outcome, tgt.info)
+        if outcome.error is not None:
             log.warning(
                 "cannot refresh %s: %s",
                 target.ccache,
-                message,
+                outcome.error,
                 extra={"LEASE_ID": target.lease_id, "GMSA": target.gmsa},
             )
-        return message
+        return outcome
 
-    def _registered(self, tk: tuple[str, str]) -> bool:
-        with self._lock:
-            return tk in self._where
-
-    def _record_write(self, tk: tuple[str, str], message: str | None, *, retry: bool) -> None:
+    def _record_write(
+        self, tk: TargetKey, outcome: WriteOutcome, info: tickets.TicketInfo | None = None
+    ) -> None:
         """A clean write clears the target's failure; a failed one backs off on its own.
 
         Without ``retry`` (every file was written, but something planted at a name was
@@ -604,45 +403,36 @@ class RenewalScheduler:
         long enough for ListLeases to show it, and there is nothing to repair before then.
         """
         with self._lock:
-            if message is None:
-                self._write_failures.pop(tk, None)
-                return
-            if tk not in self._where:
-                return
             now = self.clock()
-            failure = self._write_failures.setdefault(tk, WriteFailure(message, since=now))
-            failure.failures += 1
-            failure.error = message
-            failure.retry = retry
+            written = info if outcome.stored else None
+            failure = self._index.record_write(tk, outcome.error, outcome.retry, written, now)
+            if failure is None:
+                return
             delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (failure.failures - 1))
             failure.next_attempt = (
-                now + delay * (0.5 + 0.5 * self.rng()) if retry else float("inf")
+                now + delay * (0.5 + 0.5 * self.rng()) if outcome.retry else float("inf")
             )
 
     def _retry_writes(self) -> None:
         """Write the group's current TGT again into every target whose write failed and is due."""
         now = self.clock()
-        due: list[tuple[Account, Target, tickets.Tgt, Any]] = []
         with self._lock:
-            # Only the failures are walked: a pass costs nothing per healthy lease.
-            for tk, failure in self._write_failures.items():
-                key = self._where.get(tk)
-                group = self._groups.get(key) if key is not None else None
-                if group is None or group.account is None or group.tgt is None:
-                    continue  # nothing to write yet: the group's own renewal comes first
-                if failure.next_attempt <= now:
-                    due.append((group.account, group.targets[tk], group.tgt, group.material))
+            due = self._index.rewrites_due(now)
         for account, target, tgt, material in due:
             try:
-                self._write_target(account, target, tgt, material, True)
+                self._write_target(target, tgt, self._keys_of(account, material), True)
             except Exception as exc:
                 # Like _renew_guarded: one target's bug must not end the pass for the others.
                 log.exception("rewriting %s failed unexpectedly", target.ccache)
                 self._record_write(
-                    (target.lease_id, target.gmsa),
-                    f"unexpected {type(exc).__name__}: {exc}",
-                    retry=True,
+                    target.key,
+                    WriteOutcome(f"unexpected {type(exc).__name__}: {exc}", True, False),
                 )
+
+    def _keys_of(self, account: Account, material: Any) -> Callable[[], Sequence[KerberosKey]]:
+        """The account's keytab keys from ``material``, derived once, and only when a keytab is
+        written: a renewal of 1,000 leases' files needs them once, not 1,000 times."""
+        return functools.cache(lambda: account.keytab_keys(material, rc4=self.rc4))
 
     def _collect_orphans(self) -> None:
         if self.on_orphan is None:
@@ -650,16 +440,9 @@ class RenewalScheduler:
         now = self.clock()
         orphans: set[str] = set()
         with self._lock:
-            for group in self._groups.values():
-                if group.account is None:
-                    # A domainless lease whose credentials were lost at restart and never
-                    # renewed (RenewNonDomainJoinedKerberosLease) is as stuck as a failing one.
-                    anchor = group.renew_till or group.registered_at
-                elif group.failing_since is not None:
-                    anchor = group.renew_till or group.failing_since
-                else:
-                    continue
-                if now >= anchor + self.orphan_after:
+            for group in self._index.groups.values():
+                stuck = group.stuck_since
+                if stuck is not None and now >= stuck + self.orphan_after:
                     orphans.update(tk[0] for tk in group.targets)
         for lease_id in sorted(orphans):
             log.warning(
@@ -673,7 +456,6 @@ class RenewalScheduler:
                 # One lease that cannot be removed must not end the pass for the others.
                 log.exception("cannot remove orphaned lease %s", lease_id)
 
-    # -- the thread ------------------------------------------------------------------------
 
     def start(self) -> None:
         self.heartbeat = time.monotonic()
@@ -687,12 +469,9 @@ class RenewalScheduler:
             self._thread.join(timeout)
 
     def hold(self) -> None:
-        """No renewal pass until :meth:`release`; the loop keeps its heartbeat meanwhile.
-
-        For start-up recovery: leases registered one by one with expired tickets would each
-        make their group due, and a pass per lease loaded would rewrite the group's files over
-        and over. Held, the first pass after :meth:`release` renews each group once.
-        """
+        """No renewal pass until :meth:`release` (the heartbeat goes on): during recovery a
+        pass per lease loaded would rewrite its group's files over and over; released, the first
+        pass renews each group once."""
         self._held.set()
 
     def release(self) -> None:
@@ -701,8 +480,7 @@ class RenewalScheduler:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            # Cleared before looking at the state, so a wake-up that comes after this point is
-            # never lost (the wait below returns at once).
+            # Cleared before looking, so a later wake-up is never lost.
             self._wake.clear()
             held = self._held.is_set()
             self.heartbeat = time.monotonic()
@@ -713,39 +491,9 @@ class RenewalScheduler:
                 # The loop must outlive any bug in one renewal; the traceback goes to the log.
                 log.exception("renewal pass failed")
             self.heartbeat = time.monotonic()
-            # Wake at least every 10 s: keeps the heartbeat (watchdog, HealthCheck) fresh. Held,
-            # nothing runs before release() wakes the loop: a group already due must not make it
-            # spin (it did, a whole core while 20,000 leases were loaded). Under the lock, so a
-            # register() sees either this wake-up time or a schedule that includes its group.
+            # At least every 10 s, for the heartbeat. Held, only release() wakes it (a due group
+            # made it spin a core). Locked: register() sees this time or a schedule with its group.
             with self._lock:
                 timeout = 10.0 if held else min(self.next_due_in(), 10.0)
                 self._wake_at = self.clock() + timeout
             self._wake.wait(timeout)
-
-
-def _keys_due(group: GroupState, now: float) -> bool:
-    """A group with keytabs is due when its account's keys must be read again or change.
-
-    Keytabs follow the password, not the ticket (``docs/rotation.md``): at a change the account
-    switches to the next password it was told of, then reads the DC to confirm its kvno, and the
-    keytabs must get the new password then, not at the ticket's expiry hours later. An account
-    whose keys were never read (leases recovered at start-up) is due at once: the keytabs on
-    disk may predate a change. Not while the group is backing off after a failure: its own
-    ``next_attempt`` decides then.
-    """
-    if group.failures or not group.keytabs:
-        return False
-    keys_due_at = getattr(group.account, "keys_due_at", None)
-    if not callable(keys_due_at):
-        return False
-    when = keys_due_at()
-    return when is None or (isinstance(when, float) and when <= now)
-
-
-def _keys_due_at(group: GroupState) -> float | None:
-    """When :func:`_keys_due` turns true for ``group`` (None: not by itself, or at once)."""
-    if group.account is None or group.failures or not group.keytabs:
-        return None
-    keys_due_at = getattr(group.account, "keys_due_at", None)
-    when = keys_due_at() if callable(keys_due_at) else None
-    return when if isinstance(when, float) else None

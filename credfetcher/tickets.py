@@ -1,4 +1,4 @@
-"""In-process Kerberos: a gMSA's TGT from its password or keys, renewal, and FILE ccaches.
+"""In-process Kerberos: a gMSA's TGT from its password or keys, and FILE ccaches.
 
 Everything goes through libkrb5 via pykrb5, inside this process: no ``kinit`` subprocess, no
 password on a pipe or in argv, no ``KRB5CCNAME`` in the environment. The KDC is found the usual
@@ -7,10 +7,11 @@ way (``KRB5_CONFIG`` / ``/etc/krb5.conf``), read when each krb5 context is creat
 Thread safety: a krb5 context must not be used by two threads at once, so every function creates
 its own. A :class:`Tgt` holds no context at all: it keeps the credentials serialised in MIT's
 ccache (v4) credential format (``marshal_credentials``, MIT >= 1.20), so any number of threads can
-store or renew the same Tgt concurrently.
+store the same Tgt concurrently.
 
-The AS exchange is RFC 4120 §3.1 (with the KDC's PA-ETYPE-INFO2 salt, §5.2.7.5); renewal is a TGS
-exchange with the RENEW option (§3.3, KDC option ``renew``).
+The AS exchange is RFC 4120 §3.1 (with the KDC's PA-ETYPE-INFO2 salt, §5.2.7.5). Tickets are
+renewed with a new AS exchange (:mod:`credfetcher.renewal`), not a TGS exchange with the RENEW
+option: the keys are at hand, and a new ticket's renew_till starts afresh.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ __all__ = [
     "gmsa_principal",
     "kdc_salt",
     "read_ticket_info",
-    "renew_tgt",
     "store_tgt",
     "ticket_info_from_bytes",
 ]
@@ -169,28 +169,6 @@ def acquire_tgt(
     except krb5.Krb5Error as exc:
         raise _kerberos_error(exc, principal, "cannot get a TGT") from exc
     return _tgt(ctx, creds)
-
-
-def renew_tgt(tgt: Tgt) -> Tgt:
-    """Renew ``tgt`` with a TGS exchange (RFC 4120 §3.3.3, the ``renew`` KDC option).
-
-    No password or key is involved; the ticket must be renewable and not past ``renew_till``.
-    """
-    ctx = krb5.init_context()
-    try:
-        creds = _unmarshal(ctx, tgt.marshalled)
-        # get_renewed_creds reads the TGT from a ccache: a private MEMORY: one, destroyed after.
-        ccache = krb5.cc_new_unique(ctx, b"MEMORY")
-        try:
-            krb5.cc_initialize(ctx, ccache, creds.client)
-            krb5.cc_store_cred(ctx, ccache, creds)
-            metrics.inc(metrics.TGS_RENEWALS, tgt.principal)
-            renewed = krb5.get_renewed_creds(ctx, creds.client, ccache)
-        finally:
-            krb5.cc_destroy(ctx, ccache)
-    except krb5.Krb5Error as exc:
-        raise _kerberos_error(exc, tgt.principal, "cannot renew the TGT") from exc
-    return _tgt(ctx, renewed)
 
 
 def store_tgt(

@@ -29,7 +29,6 @@ from credfetcher.tickets import (
     gmsa_principal,
     kdc_salt,
     read_ticket_info,
-    renew_tgt,
     store_tgt,
 )
 from tests.conftest import TestDC
@@ -174,21 +173,6 @@ def test_metrics_count_one_as_exchange(samba_dc: TestDC, gmsa: Gmsa) -> None:
     before = metrics.get(metrics.AS_EXCHANGES, gmsa.principal)
     acquire_tgt(gmsa.principal, keys=keys)
     assert metrics.get(metrics.AS_EXCHANGES, gmsa.principal) == before + 1
-
-
-def test_renewal(gmsa: Gmsa, tmp_path: Path) -> None:
-    password = password_to_utf8(password_for_authentication(gmsa.password))
-    tgt = acquire_tgt(gmsa.principal, password=password, lifetime=300, renew_lifetime=3600)
-    time.sleep(1.1)  # so the renewed ticket's times differ by whole seconds
-    before = metrics.get(metrics.TGS_RENEWALS, gmsa.principal)
-    as_before = metrics.get(metrics.AS_EXCHANGES, gmsa.principal)
-    renewed = renew_tgt(tgt)
-    assert metrics.get(metrics.TGS_RENEWALS, gmsa.principal) == before + 1
-    assert metrics.get(metrics.AS_EXCHANGES, gmsa.principal) == as_before
-    assert renewed.principal == gmsa.principal
-    assert renewed.info.endtime > tgt.info.endtime
-    assert renewed.info.renew_till == tgt.info.renew_till
-    assert store_tgt(renewed, tmp_path / "cc", Ownership()) == renewed.info
 
 
 def test_wrong_key_is_rejected(samba_dc: TestDC, gmsa: Gmsa) -> None:

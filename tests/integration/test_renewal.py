@@ -28,6 +28,7 @@ from credfetcher import metrics
 from credfetcher._proto import credentialsfetcher_pb2 as pb
 from credfetcher.credspec import make_credspec
 from credfetcher.service import LeaseService
+from credfetcher.testing import FakeClock
 from credfetcher.tickets import read_ticket_info
 from tests.conftest import TestDC
 from tests.integration.daemon import Daemon, running_daemon
@@ -81,17 +82,9 @@ def test_short_tickets_move_forward_without_client_calls(samba_dc: TestDC, tmp_p
 # -- (b) 100 leases over 4 gMSAs: one cycle, at most 4 AS exchanges and 4 LDAP searches -----------
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def service(samba_dc: TestDC, tmp_path: Path) -> Iterator[tuple[LeaseService, FakeClock]]:
-    clock = FakeClock()
+    clock = FakeClock(time.time())  # stands still from now on: the test moves it
     config = samba_dc.service_config(
         tmp_path, ticket_lifetime=600, renew_lifetime=3600, renew_margin=120
     )

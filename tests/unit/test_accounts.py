@@ -31,6 +31,7 @@ from credfetcher.directory import DirectoryClient, GmsaRecord
 from credfetcher.errors import DCUnavailableError, KerberosError, KeyRejectedError
 from credfetcher.identity import HostIdentity
 from credfetcher.keys import KerberosKey, derive_keys
+from credfetcher.testing import FakeClock
 from tests.unit.test_blob import TICKS_PER_SECOND, build_blob
 
 REALM = "EXAMPLE.TEST"
@@ -60,14 +61,6 @@ def blob(current: bytes, previous: bytes | None, query: float, unchanged: float 
 
 def keys_of(pw16: bytes, kvno: int) -> tuple[KerberosKey, ...]:
     return tuple(derive_keys(pw16, REALM, GMSA, kvno))
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -155,7 +148,7 @@ def kdc(monkeypatch: pytest.MonkeyPatch) -> FakeKdc:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(T0)
 
 
 MakeAccount = Callable[..., tuple[GmsaAccount, FakeDirectory]]
@@ -487,12 +480,12 @@ def test_new_leases_share_a_young_tgt(make_account: MakeAccount, kdc: FakeKdc, c
     account, directory = make_account((blob(PW_NOW, PW_OLD, 20 * DAY), 3))
     kdc.accept(PW_NOW, 3)
     first, _ = account.lease_tgt()
-    clock.now += 59  # the fake KDC's tickets live 600 s: shared for a tenth of that
+    clock.advance(59)  # the fake KDC's tickets live 600 s: shared for a tenth of that
     second, material = account.lease_tgt()
     assert second is first
     assert len(kdc.used) == 1
     assert material.auth_keys == keys_of(PW_NOW, 3)
-    clock.now += 2
+    clock.advance(2)
     third, _ = account.lease_tgt()
     assert third is not first
     assert len(kdc.used) == 2
@@ -521,7 +514,7 @@ def test_no_sharing_once_the_keys_are_due_for_a_reread(
     account, directory = make_account((blob(PW_NOW, PW_OLD, 20), 3))
     kdc.accept(PW_OLD, 2)
     first, _ = account.lease_tgt()
-    clock.now += 30
+    clock.advance(30)
     second, _ = account.lease_tgt()
     assert second is not first
     assert directory.fetches == 2

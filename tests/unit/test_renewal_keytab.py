@@ -12,20 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from credfetcher import tickets
-from credfetcher.files import Ownership
+from credfetcher.errors import DCUnavailableError
 from credfetcher.keys import KerberosKey
 from credfetcher.renewal import RenewalScheduler, Target
+from credfetcher.testing import FakeClock, target_in
 
 T0 = 1_800_000_000.0
 LIFE = 36_000
-
-
-@dataclass
-class Clock:
-    now: float = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -35,18 +28,19 @@ class Account:
     due: float | None
     gmsa: str = "webapp01"
     principal: str = "webapp01$@EXAMPLE.TEST"
+    fail_with: Exception | None = None
 
     def keys_due_at(self) -> float | None:
         return self.due
 
-    def acquire_tgt(self) -> tuple[tickets.Tgt, Any]:  # pragma: no cover - never called here
-        raise AssertionError("not renewed in these tests")
+    def acquire_tgt(self) -> tuple[tickets.Tgt, Any]:
+        raise self.fail_with or AssertionError("not renewed in these tests")
 
     def keytab_keys(self, material: Any, *, rc4: bool) -> list[KerberosKey]:
         return []
 
 
-def scheduler(clock: Clock) -> RenewalScheduler:
+def scheduler(clock: FakeClock) -> RenewalScheduler:
     return RenewalScheduler(margin=600, orphan_after=3600, clock=clock, rng=lambda: 0.0)
 
 
@@ -55,13 +49,11 @@ def ticket() -> tickets.TicketInfo:
 
 
 def target(tmp_path: Path, *, keytab: bool) -> Target:
-    lease = tmp_path / "lease" / "webapp01"
-    return Target("lease", "webapp01", lease / "krb5cc", Ownership(),
-                  keytab=lease / "krb5.keytab" if keytab else None)
+    return target_in(tmp_path, "lease", "webapp01", keytab=keytab)
 
 
 def test_a_group_with_a_keytab_is_due_when_its_keys_are(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock(T0)
     sched = scheduler(clock)
     sched.register("g", Account(due=T0 + 300), target(tmp_path, keytab=True), ticket())
     assert sched.due() == []
@@ -70,7 +62,7 @@ def test_a_group_with_a_keytab_is_due_when_its_keys_are(tmp_path: Path) -> None:
 
 
 def test_without_a_keytab_the_ticket_alone_decides(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock(T0)
     sched = scheduler(clock)
     sched.register("g", Account(due=T0 + 300), target(tmp_path, keytab=False), ticket())
     clock.now = T0 + 301
@@ -79,18 +71,17 @@ def test_without_a_keytab_the_ticket_alone_decides(tmp_path: Path) -> None:
 
 def test_keys_never_read_make_a_recovered_keytab_due_at_once(tmp_path: Path) -> None:
     """Leases recovered at start-up: their keytab may predate a change."""
-    sched = scheduler(Clock())
+    sched = scheduler(FakeClock(T0))
     sched.register("g", Account(due=None), target(tmp_path, keytab=True), ticket())
     assert sched.due() == ["g"]
 
 
 def test_a_failing_group_keeps_its_back_off(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock(T0)
     sched = scheduler(clock)
-    sched.register("g", Account(due=T0), target(tmp_path, keytab=True), ticket())
-    group = sched._groups["g"]
-    group.failures = 1
-    group.next_attempt = T0 + 60
+    account = Account(due=T0, fail_with=DCUnavailableError("no DC answered", attempts=[]))
+    sched.register("g", account, target(tmp_path, keytab=True), ticket())
+    assert sched.renew_group("g") is not None  # backs off (2 s * 0.5 with rng 0)
     assert sched.due() == []
-    clock.now = T0 + 60
+    clock.now = T0 + 1
     assert sched.due() == ["g"]

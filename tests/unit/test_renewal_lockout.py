@@ -15,14 +15,9 @@ import pytest
 from credfetcher.errors import BindError, DCUnavailableError
 from credfetcher.identity import UserIdentity
 from credfetcher.renewal import BACKOFF_CAP, REJECTED_PASSWORD_RETRY, RenewalScheduler
-from tests.unit.test_renewal import (  # noqa: F401 - writes is a fixture
-    LIFE,
-    FakeAccount,
-    FakeClock,
-    FixedRng,
-    target,
-    writes,
-)
+from credfetcher.testing import FakeAccount, FakeClock, FixedRng
+from credfetcher.testing import target_in as target
+from tests.unit.test_renewal import LIFE
 
 pytestmark = pytest.mark.usefixtures("writes")  # no ccache is really written
 

@@ -16,15 +16,8 @@ import pytest
 from credfetcher import tickets
 from credfetcher.files import Ownership
 from credfetcher.renewal import RenewalScheduler
-from tests.unit.test_renewal import (
-    LIFE,
-    FakeAccount,
-    FakeClock,
-    Write,
-    make_scheduler,
-    register,
-    target,
-)
+from credfetcher.testing import FakeAccount, FakeClock, Write
+from tests.unit.test_renewal import LIFE, make_scheduler, register, target
 
 WATCH = 0.5  # seconds the loop is watched for a busy loop
 WAIT = 10.0  # an upper bound on waiting for the loop, never reached when it works
