@@ -39,7 +39,8 @@ from credfetcher.files import Ownership
 from credfetcher.identity import UserIdentity
 from credfetcher.leases import validate_lease_id
 from credfetcher.peercred import AllowList, GateLimits, PeerGate, deny_server
-from credfetcher.service import LeaseService, LeaseView
+from credfetcher.service import LeaseService
+from credfetcher.views import LeaseView
 from credfetcher.wire import DecodeErrorInterceptor
 
 log = logging.getLogger(__name__)
