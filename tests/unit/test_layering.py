@@ -19,6 +19,7 @@ CORE = [
     "credfetcher.aws",
     "credfetcher.blob",
     "credfetcher.config",
+    "credfetcher.credentials",
     "credfetcher.credspec",
     "credfetcher.directory",
     "credfetcher.discovery",
@@ -28,13 +29,19 @@ CORE = [
     "credfetcher.identity",
     "credfetcher.keys",
     "credfetcher.keytab",
+    "credfetcher.lease_index",
     "credfetcher.leases",
     "credfetcher.metrics",
     "credfetcher.names",
+    "credfetcher.publish",
+    "credfetcher.rebind",
     "credfetcher.renewal",
+    "credfetcher.secret_source",
     "credfetcher.service",
+    "credfetcher.supervisor",
     "credfetcher.systemd",
     "credfetcher.tickets",
+    "credfetcher.views",
 ]
 
 
