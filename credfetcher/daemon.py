@@ -111,24 +111,6 @@ def start_credspec_lease(service: LeaseService, config: Config) -> None:
         log.exception("CF_CRED_SPEC_FILE %s: %s", spec.path, exc.message)
 
 
-def start_aws_secret_identity(service: LeaseService, config: Config, stop: threading.Event) -> None:
-    """CF_AWS_SM_SECRET_NAME: read the identity now, then keep it fresh in a thread.
-
-    Leases made with it wait for it after a restart; reading it here gives them their identity
-    back. A failure is logged, not fatal: the next check (every 30 s, or CF_AWS_SM_REFRESH when
-    shorter) or request tries again.
-    """
-    if config.aws_sm_secret_name is None:
-        return
-    try:
-        service.secret_identity(refresh=True)
-    except CredfetcherError as exc:
-        log.warning("CF_AWS_SM_SECRET_NAME %s: %s", config.aws_sm_secret_name, exc.message)
-    threading.Thread(
-        target=service.secret_refresh_loop, args=(stop,), name="aws-secret", daemon=True
-    ).start()
-
-
 def start_metrics(service: LeaseService, config: Config) -> MetricsServer | None:
     """The Prometheus endpoint, when CF_METRICS_ADDRESS is set (the address is checked by
     config). A port that cannot be bound stops the start: the operator asked for metrics."""
@@ -193,11 +175,11 @@ def run(config: Config, notifier: Notifier) -> int:
     # deadlock (seen once in CI: "received SIGTERM" logged, then a hang). Blocked before any
     # thread starts, so every thread inherits the mask and the signal waits for the main loop.
     block_stop_signals()
-    stop = threading.Event()
 
+    # The background threads (recovery, renewal, CF_AWS_SM_SECRET_NAME's first read and its
+    # refresh) start here and stop in service.stop() (credfetcher.supervisor).
     service = LeaseService(config)
     service.start()
-    start_aws_secret_identity(service, config, stop)
     start_credspec_lease(service, config)
     # Before the socket: once HealthCheck answers, the metrics endpoint answers too.
     exporter = start_metrics(service, config)
@@ -206,7 +188,8 @@ def run(config: Config, notifier: Notifier) -> int:
     wait_until_serving(config.socket_path)
     log.info("serving on unix:%s (krbdir %s)", config.socket_path, config.krb_dir)
     notifier.ready(f"serving {service.scheduler.lease_count()} lease(s)")
-    gcpolicy.start(stop, loaded=service.wait_recovered)
+    gc_stop = threading.Event()
+    gcpolicy.start(gc_stop, loaded=service.index.wait_loaded)
 
     interval = notifier.watchdog_interval() or 10.0
     while (received := wait_for_stop_signal(min(interval, 10.0))) is None:
@@ -217,12 +200,12 @@ def run(config: Config, notifier: Notifier) -> int:
         notifier.status(f"{leases} lease(s); {'healthy' if ok else 'degraded'}")
 
     log.info("received %s, stopping", signal.Signals(received).name)
-    stop.set()
     notifier.stopping("stopping")
     started = time.monotonic()
     server.stop(STOP_GRACE)
     if exporter is not None:
         exporter.stop()
+    gc_stop.set()
     service.stop()
     log.info("stopped in %.1f s", time.monotonic() - started)
     return 0

@@ -37,8 +37,9 @@ from credfetcher.aws import AwsCredentials
 from credfetcher.errors import CredfetcherError, InvalidRequestError
 from credfetcher.identity import UserIdentity
 from credfetcher.peercred import AllowList, GateLimits, PeerGate, deny_server
-from credfetcher.service import LeaseService, LeaseView
+from credfetcher.service import LeaseService
 from credfetcher.values import LeaseId, Ownership, check_id, check_mode
+from credfetcher.views import LeaseView
 from credfetcher.wire import DecodeErrorInterceptor
 
 log = logging.getLogger(__name__)

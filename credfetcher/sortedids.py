@@ -5,7 +5,7 @@ ListLeases pages by lease id (the page token is the last id of the previous page
 page at 20,000 leases; kept sorted as leases come and go (:mod:`bisect`, O(log N) to find,
 a memmove of N pointers to insert or remove: microseconds at 20,000), a page is a slice.
 
-Not thread-safe by itself: :class:`credfetcher.service.LeaseService` changes and reads it under
+Not thread-safe by itself: :class:`credfetcher.lease_index.LeaseIndex` changes and reads it under
 its own lock, together with the lease table it indexes.
 """
 
@@ -18,10 +18,10 @@ from typing import Any
 
 CHUNK = 256
 
-__all__ = ["LeaseIndex"]
+__all__ = ["SortedIds"]
 
 
-class LeaseIndex:
+class SortedIds:
     """A sorted set of lease ids: add, remove, and the ids that follow one."""
 
     def __init__(self, ids: Iterable[str] = ()) -> None:

@@ -1,4 +1,4 @@
-"""credfetcher.leaseindex: pages give every lease exactly once while leases come and go."""
+"""credfetcher.sortedids: pages give every lease exactly once while leases come and go."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from credfetcher.leaseindex import CHUNK, LeaseIndex
+from credfetcher.sortedids import CHUNK, SortedIds
 
 
 def lease_id(rng: random.Random) -> str:
@@ -15,7 +15,7 @@ def lease_id(rng: random.Random) -> str:
 
 
 def test_add_remove_and_membership_keep_one_sorted_copy() -> None:
-    index = LeaseIndex(["c", "a", "b", "a"])
+    index = SortedIds(["c", "a", "b", "a"])
     assert index.page("", 10) == ["a", "b", "c"]
     index.add("b")
     index.add("0")
@@ -35,7 +35,7 @@ def test_add_remove_and_membership_keep_one_sorted_copy() -> None:
 def test_paging_returns_every_lease_exactly_once_under_adds_and_deletes(seed: int) -> None:
     """What ListLeases does across calls: the page token is the last id of the last page."""
     rng = random.Random(seed)
-    index = LeaseIndex()
+    index = SortedIds()
     live = {lease_id(rng) for _ in range(3000)}
     index.load(live)
     throughout = set(live)  # present from the first page to the last
@@ -67,7 +67,7 @@ def test_walk_gives_every_lease_once_while_another_thread_adds_and_deletes() -> 
     rng = random.Random(7)
     lock = threading.Lock()
     stable = sorted({lease_id(rng) for _ in range(10 * CHUNK)})
-    index = LeaseIndex(stable)
+    index = SortedIds(stable)
     stop = threading.Event()
 
     def churn() -> None:

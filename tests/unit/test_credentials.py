@@ -50,5 +50,5 @@ def test_warm_up_binds_in_the_right_realm(
         return FakeDirectory(config, warmed)
 
     config = Config(krb_dir=tmp_path / "krbdir", machine_principal=configured)
-    LeaseService(config, directory_factory=factory).warm_up()
+    LeaseService(config, directory_factory=factory).credentials.warm_up()
     assert warmed == [(domain, principal)]
