@@ -21,7 +21,6 @@ from typing import Literal
 from credfetcher import errors
 
 __all__ = [
-    "NAMED_LEASE_ID",
     "DomainController",
     "Scheme",
     "Transport",
@@ -31,11 +30,6 @@ __all__ = [
     "parse_dc_list",
     "principal_realm",
 ]
-
-# A lease id chosen by the operator or the caller (CF_CRED_SPEC_FILE's, an ARN's #fragment):
-# letters, digits, '-' and '_'; never '.', so never '..' or a metadata file name.
-NAMED_LEASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-
 
 # NetBIOS computer names are at most 15 characters (MS-NBTE / MS-ADTS 3.1.1.5.2.8, the
 # sAMAccountName of a computer is that name plus "$").

@@ -44,6 +44,8 @@ __all__ = [
 MAX_ID = 2**32 - 2
 
 # A random id (20 lowercase hex characters) is also a named one; one pattern takes both.
+# Named ids (CF_CRED_SPEC_FILE's, an ARN's #fragment) never hold '.', so never '..' or a
+# metadata file name.
 _LEASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
