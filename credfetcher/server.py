@@ -254,24 +254,21 @@ class CredentialsFetcherServicer(pb_grpc.CredentialsFetcherServiceServicer):
         return await _call(context, "ListLeases", run, self.executor)
 
 
-def _lease_info(view: LeaseView) -> pb.LeaseInfo:
-    return pb.LeaseInfo(
-        lease_id=view.lease_id,
-        domainless=view.domainless,
-        state=view.state,
-        tickets=[
-            pb.GmsaTicket(
-                service_account_name=t.gmsa,
-                domain_name=t.domain,
-                krb_file_path=str(t.directory),
-                expires_at=int(t.expires_at),
-                renew_until=int(t.renew_until),
-                last_error=t.last_error,
-                next_renewal_at=int(t.next_renewal_at),
-            )
-            for t in view.tickets
-        ],
-    )
+def _fill_lease_info(info: pb.LeaseInfo, view: LeaseView) -> None:
+    """Fill ``info`` in place: building a LeaseInfo and appending it would copy it once more."""
+    info.lease_id = view.lease_id
+    info.domainless = view.domainless
+    info.state = view.state
+    for t in view.tickets:
+        info.tickets.add(
+            service_account_name=t.gmsa,
+            domain_name=t.domain,
+            krb_file_path=t.directory,
+            expires_at=int(t.expires_at),
+            renew_until=int(t.renew_until),
+            last_error=t.last_error,
+            next_renewal_at=int(t.next_renewal_at),
+        )
 
 
 def encode_page_token(lease_id: str) -> str:
@@ -307,14 +304,19 @@ def list_page(service: LeaseService, request: pb.ListLeasesRequest) -> pb.ListLe
     views = service.iter_leases(
         after=decode_page_token(request.page_token), gmsa=request.gmsa, state=request.state
     )
+    leases = response.leases
     for view in views:
-        info = _lease_info(view)
+        if len(leases) >= size:
+            response.next_page_token = encode_page_token(leases[-1].lease_id)
+            break
+        info = leases.add()
+        _fill_lease_info(info, view)
         # Field tag + length prefix: at most 1 + 5 bytes on top of the message itself.
         cost = info.ByteSize() + 6
-        if len(response.leases) >= size or (response.leases and used + cost > PAGE_BYTES):
-            response.next_page_token = encode_page_token(response.leases[-1].lease_id)
+        if len(leases) > 1 and used + cost > PAGE_BYTES:
+            del leases[-1]
+            response.next_page_token = encode_page_token(leases[-1].lease_id)
             break
-        response.leases.append(info)
         used += cost
     return response
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator
-from pathlib import Path
 from typing import cast
 
 import grpc
@@ -97,7 +96,7 @@ class FakeService:
 
 def view(n: int, error: str = "") -> LeaseView:
     lease_id = f"{n:020x}"
-    directory = Path("/k") / lease_id / "webapp01"
+    directory = f"/k/{lease_id}/webapp01"
     ticket = TicketView("webapp01", "example.com", directory, 1, 2, error, 3)
     return LeaseView(lease_id, False, "failing" if error else "active", (ticket,))
 

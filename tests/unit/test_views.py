@@ -102,3 +102,21 @@ def test_metrics_state_counts_leases_by_state(
     state = metrics_state(sched, clock())
     assert state.now == clock()
     assert sum(state.leases_by_state.values()) == 1
+
+
+def test_a_tickets_directory_is_the_stores_entry_directory(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    # The view joins strings rather than building paths: it must still name what the store made.
+    sched = make_scheduler(clock)
+    store = LeaseStore(tmp_path)
+    entries = (
+        GmsaEntry("webapp01", DOMAIN, "CN=webapp01", "{}"),
+        GmsaEntry("webapp02", DOMAIN, "CN=webapp02", "{}", directory="chosen"),
+    )
+    rec = LeaseRecord(lease_id="0123abcd", entries=entries)
+    view = lease_view(rec, sched, store)
+    assert [t.directory for t in view.tickets] == [
+        str(store.entry_dir(rec.lease_id, e)) for e in entries
+    ]
+    assert view.tickets[1].directory.endswith("/0123abcd/chosen")
