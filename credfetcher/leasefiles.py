@@ -4,7 +4,10 @@ Each target's write counts on its own: a lease whose file could not be written (
 a read-only remount, a directory planted at its name) must show as failing and be written again,
 while the other leases of its account are not held back. :meth:`LeaseFiles.refresh` therefore
 never raises for a storage problem: it writes what it can and returns a :class:`WriteOutcome`,
-from which :mod:`credfetcher.renewal` decides when to try again.
+from which :mod:`credfetcher.renewal` decides when to try again. A group's renewal goes through
+:meth:`LeaseFiles.refresh_all`, which writes a large group's ccaches in batches
+(:mod:`credfetcher.batchwrite`: one ``syncfs`` for a chunk instead of two fsyncs per file) with
+the same outcome per target.
 
 The per-lease locks live here too: a lease's files are written and removed (a delete, in
 :mod:`credfetcher.service`) under its lock, so the two never interleave.

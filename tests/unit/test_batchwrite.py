@@ -385,3 +385,28 @@ def test_a_renewal_of_a_large_group_writes_every_ccache_and_records_it(tmp_path:
         assert status.last_error == ""
     assert sched.heartbeat > 0
     assert leftovers(tmp_path) == []
+
+
+def test_a_write_made_between_the_rename_and_the_record_keeps_its_own_outcome(
+    tmp_path: Path,
+) -> None:
+    group = targets(tmp_path)
+    lease_files = LeaseFiles(tmp_path)
+    recorder = Recorder()
+    newer = real_tgt(life=40_000)
+    callers = WriteOutcome("the caller's write", retry=False, stored=True)
+    sync = batchwrite.Chunk.sync
+
+    def caller_writes_before_the_second_sync(chunk: batchwrite.Chunk) -> None:
+        if chunk._synced:  # the renames are done, their outcomes not yet recorded
+            with lease_files.lock(group[4].lease_id):
+                assert lease_files.refresh(group[4], newer, no_keys, keytab_due=False) == CLEAN
+                recorder.outcomes[group[4].lease_id] = callers
+        sync(chunk)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(batchwrite.Chunk, "sync", caller_writes_before_the_second_sync)
+        lease_files.refresh_all(group, recorder.job(real_tgt()))
+    assert recorder.outcomes[group[4].lease_id] == callers  # recorded last, as written last
+    assert tickets.read_ticket_info(group[4].ccache, root=tmp_path) == newer.info
+    assert recorder.outcomes[group[5].lease_id] == CLEAN
