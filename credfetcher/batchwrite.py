@@ -99,18 +99,8 @@ def ccache_bytes(tgt: tickets.Tgt, root: Path) -> bytes:
     :func:`credfetcher.tickets.store_tgt` does; it is read back from a checked fd and removed at
     once. The bytes (a secret) stay in this process. Raises StorageError.
     """
-    name = f"{TEMP_PREFIX}ccache.{secrets.token_hex(8)}"
-    try:
-        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.close(private_dir_fd(root_fd, root))
-        finally:
-            os.close(root_fd)
-    except OSError as exc:
-        raise StorageError(
-            f"cannot stage in {root / PRIVATE_DIR}: {exc.strerror or exc}", path=str(root)
-        ) from exc
-    tmp = root / PRIVATE_DIR / name
+    os.close(_open_private(root))  # made if missing, checked
+    tmp = root / PRIVATE_DIR / f"{TEMP_PREFIX}ccache.{secrets.token_hex(8)}"
     try:
         tickets.write_ccache_file(tgt, tmp, tmp)
         data = read_regular(tmp, root=root, owner=os.geteuid())
@@ -120,6 +110,20 @@ def ccache_bytes(tgt: tickets.Tgt, root: Path) -> bytes:
     if not data:
         raise StorageError(f"libkrb5 left no ccache at {tmp}", path=str(tmp))
     return data
+
+
+def _open_private(root: Path) -> int:
+    """The fd of ``root``'s private directory (see :func:`credfetcher.files.private_dir_fd`)."""
+    try:
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return private_dir_fd(root_fd, root)
+        finally:
+            os.close(root_fd)
+    except OSError as exc:
+        raise StorageError(
+            f"cannot stage in {root / PRIVATE_DIR}: {exc.strerror or exc}", path=str(root)
+        ) from exc
 
 
 class Chunk:
@@ -143,16 +147,7 @@ class Chunk:
         self._done: dict[int, str | None] = {}  # renamed and synced
         self._errors: dict[int, StorageError] = {}
         self._synced = False
-        try:
-            root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                self._private = private_dir_fd(root_fd, root)
-            finally:
-                os.close(root_fd)
-        except OSError as exc:
-            raise StorageError(
-                f"cannot stage in {root / PRIVATE_DIR}: {exc.strerror or exc}", path=str(root)
-            ) from exc
+        self._private = _open_private(root)
 
     def __enter__(self) -> Chunk:
         return self
@@ -201,7 +196,7 @@ class Chunk:
                 syncfs(self._private)  # without syncfs, install() fsynced each directory
         except OSError as exc:
             reason = f"cannot sync {self.root}'s filesystem: {exc.strerror or exc}"
-            for i in (*self._staged, *self._renamed):
+            for i in self._staged if first else self._renamed:
                 self._fail(i, f"cannot write {self.files[i][0]}: {reason}")
             for tmp in self._staged.values():
                 with contextlib.suppress(OSError):

@@ -281,10 +281,18 @@ def test_a_failing_syncfs_after_the_renames_reports_every_target_for_a_retry(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     group = targets(tmp_path)
+    plant_directory(group[0], tmp_path)
     monkeypatch.setattr(batchwrite, "_syncfs", failing_syncfs([], fail_at=2))
     recorder = Recorder()
     LeaseFiles(tmp_path).refresh_all(group, recorder.job(real_tgt()))
     assert {(o.retry, o.stored) for o in recorder.outcomes.values()} == {(True, False)}
+    first = recorder.outcomes[group[0].lease_id].error
+    assert first is not None
+    assert first.endswith("a directory sits there")  # its own error, not the sync's
+    assert {recorder.outcomes[t.lease_id].error for t in group[1:]} == {
+        f"cannot write {t.ccache}: cannot sync {tmp_path}'s filesystem: Input/output error"
+        for t in group[1:]
+    }
     assert leftovers(tmp_path) == []
 
 
