@@ -17,7 +17,8 @@ socket, hard link or huge file at the final name is replaced as a name, and repo
 (:class:`TamperedError`); a directory there cannot be replaced and is reported
 (:class:`StorageError`). Readers (and containers behind a bind mount) see the old file or the new
 one, never a half-written one; a crash leaves at most a leftover in the private directory, which
-start-up removes (:func:`clean_private_dir`).
+start-up removes (:func:`clean_private_dir`). A renewal's many ccaches are written with these
+steps, fsyncs batched into ``syncfs`` (:mod:`credfetcher.batchwrite`, which says why that is safe).
 
 Reading (:func:`read_regular`): the file is opened ``O_NOFOLLOW | O_NONBLOCK`` relative to its
 checked directory fd, and used only after ``fstat`` says it is a regular file with one link, a
@@ -54,10 +55,15 @@ __all__ = [
     "clean_private_dir",
     "describe",
     "ensure_mode",
+    "full_filesystem",
     "open_dir",
+    "private_dir_fd",
     "read_regular",
     "regular_file_exists",
     "remove_tree_inside",
+    "rename_staged",
+    "tampered",
+    "write_new",
 ]
 
 log = logging.getLogger(__name__)
@@ -158,7 +164,7 @@ def _open_dir_at(dir_fd: int, name: str, path: Path, refusal: str) -> int:
         raise
 
 
-def _private_dir_fd(root_fd: int, root: Path) -> int:
+def private_dir_fd(root_fd: int, root: Path) -> int:
     """The private staging directory's fd, created 0700 if missing; refused unless it is a
     directory the daemon owns (its mode is put back to 0700 if it is not)."""
     with contextlib.suppress(FileExistsError):
@@ -184,7 +190,7 @@ def clean_private_dir(root: Path) -> int:
     try:
         root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            fd = _private_dir_fd(root_fd, root)
+            fd = private_dir_fd(root_fd, root)
         finally:
             os.close(root_fd)
         removed = 0
@@ -215,12 +221,6 @@ def _apply_ownership(fd: int, ownership: Ownership) -> None:
         os.fchown(fd, uid, gid)
 
 
-def _unlink_quietly(name: str, dir_fd: int) -> None:
-    # Best effort on an error path: the original error is the one worth reporting.
-    with contextlib.suppress(OSError):
-        os.unlink(name, dir_fd=dir_fd)
-
-
 def _install(
     path: Path,
     ownership: Ownership,
@@ -231,14 +231,13 @@ def _install(
     """Produce a file in the private directory with ``produce(private_fd, temp_name)``, give it
     ``ownership``, fsync it and rename it over ``path``. See the module docstring."""
     root = path.parent if root is None else root
-    parts, name = _relative_parts(root, path)
+    _, name = _relative_parts(root, path)
     tmp = tmp or f"{TEMP_PREFIX}{name}.{secrets.token_hex(8)}"
-    root_fd = private_fd = dir_fd = -1
+    root_fd = private_fd = -1
     installed = False
-    found: str | None = None
     try:
         root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        private_fd = _private_dir_fd(root_fd, root)
+        private_fd = private_dir_fd(root_fd, root)
         produce(private_fd, tmp)
         fd = os.open(tmp, _READ_FLAGS, dir_fd=private_fd)
         try:
@@ -250,13 +249,50 @@ def _install(
             os.fsync(fd)
         finally:
             os.close(fd)
-        dir_fd = open_dir(root, parts)
+        found = rename_staged(path, root, private_fd, tmp, ownership.expected_uid, sync=True)
+        installed = True
+    except OSError as exc:
+        raise StorageError(f"cannot write {path}: {exc.strerror or exc}", path=str(path)) from exc
+    finally:
+        if not installed and private_fd >= 0:
+            # Best effort on an error path: the original error is the one worth reporting.
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=private_fd)
+        for fd in (private_fd, root_fd):
+            if fd >= 0:
+                os.close(fd)
+    if found is not None:
+        raise tampered(path, found)
+
+
+def write_new(dir_fd: int, name: str, data: bytes, ownership: Ownership | None = None) -> None:
+    """Create ``name`` in ``dir_fd`` (``O_EXCL|O_NOFOLLOW``: never an existing file or a link),
+    write ``data`` and, when given, apply ``ownership`` on the fd. No fsync: the caller's."""
+    fd = os.open(name, _CREATE_FLAGS, 0o600, dir_fd=dir_fd)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if ownership is not None:
+            _apply_ownership(fd, ownership)
+    finally:
+        os.close(fd)
+
+
+def rename_staged(
+    path: Path, root: Path, private_fd: int, tmp: str, owner: int, *, sync: bool
+) -> str | None:
+    """Rename the staged ``tmp`` over ``path`` (directories walked from ``root``), then fsync the
+    directory when ``sync``. Returns what sat at ``path`` if not a file the daemon (as ``owner``)
+    could have made (:func:`describe`); a directory there raises StorageError, other failures
+    OSError."""
+    parts, name = _relative_parts(root, path)
+    dir_fd = open_dir(root, parts)
+    try:
         try:
-            old = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            found = describe(os.stat(name, dir_fd=dir_fd, follow_symlinks=False), owner=owner)
         except FileNotFoundError:
-            pass
-        else:
-            found = describe(old, owner=ownership.expected_uid)
+            found = None
         try:
             os.rename(tmp, name, src_dir_fd=private_fd, dst_dir_fd=dir_fd)
         except OSError as exc:
@@ -266,20 +302,18 @@ def _install(
                     f"cannot replace {path}: {what} sits there", path=str(path)
                 ) from exc
             raise
-        installed = True
-        # Without this the rename may not survive a power loss even though the data does.
-        os.fsync(dir_fd)
-    except OSError as exc:
-        raise StorageError(f"cannot write {path}: {exc.strerror or exc}", path=str(path)) from exc
+        if sync:
+            # Without this the rename may not survive a power loss even though the data does.
+            os.fsync(dir_fd)
     finally:
-        if not installed and private_fd >= 0:
-            _unlink_quietly(tmp, private_fd)
-        for fd in (dir_fd, private_fd, root_fd):
-            if fd >= 0:
-                os.close(fd)
-    if found is not None:
-        log.warning("replaced %s found at %s", found, path)
-        raise TamperedError(f"found {found} at {path} (replaced it)", path=str(path), found=found)
+        os.close(dir_fd)
+    return found
+
+
+def tampered(path: Path, found: str) -> TamperedError:
+    """The report for a file installed over ``found`` (logged here, raised by the caller)."""
+    log.warning("replaced %s found at %s", found, path)
+    return TamperedError(f"found {found} at {path} (replaced it)", path=str(path), found=found)
 
 
 def atomic_write_bytes(
@@ -291,24 +325,11 @@ def atomic_write_bytes(
 
     Raises :class:`TamperedError` (after installing) when something else sat at ``path``.
     """
-
-    def produce(private_fd: int, tmp: str) -> None:
-        fd = os.open(tmp, _CREATE_FLAGS, 0o600, dir_fd=private_fd)
-        try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-        finally:
-            os.close(fd)
-
-    _install(path, ownership, root, produce)
+    _install(path, ownership, root, lambda private_fd, tmp: write_new(private_fd, tmp, data))
 
 
 @contextlib.contextmanager
-def atomic_target(
-    path: Path, ownership: Ownership, *, root: Path | None = None
-) -> Iterator[Path]:
+def atomic_target(path: Path, ownership: Ownership, *, root: Path | None = None) -> Iterator[Path]:
     """Yield a fresh name in the private directory for a library to write; install it on success.
 
     For writers that insist on a file name rather than bytes (libkrb5's ``FILE:`` ccaches and
@@ -325,13 +346,11 @@ def atomic_target(
     try:
         root_fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            os.close(_private_dir_fd(root_fd, top))
+            os.close(private_dir_fd(root_fd, top))
         finally:
             os.close(root_fd)
     except OSError as exc:
-        raise StorageError(
-            f"cannot stage {path}: {exc.strerror or exc}", path=str(path)
-        ) from exc
+        raise StorageError(f"cannot stage {path}: {exc.strerror or exc}", path=str(path)) from exc
     try:
         yield private / tmp_name
     except StorageError as exc:
@@ -339,7 +358,7 @@ def atomic_target(
             (private / tmp_name).unlink()
         # Libraries report a full disk vaguely (MIT: "Credentials cache I/O operation
         # failed"): say what the filesystem says, the operator's first question.
-        full = _full_filesystem(top)
+        full = full_filesystem(top)
         if full is None:
             raise
         raise StorageError(f"{exc.message} ({full})", path=exc.path) from exc
@@ -352,7 +371,7 @@ def atomic_target(
     _install(path, ownership, top, lambda _fd, _name: None, tmp_name)
 
 
-def _full_filesystem(root: Path) -> str | None:
+def full_filesystem(root: Path) -> str | None:
     try:
         st = os.statvfs(root)
     except OSError:

@@ -45,14 +45,13 @@ from credfetcher.groups import (
     GroupIndex,
     GroupState,
     Target,
-    TargetKey,
     TargetStatus,
     keys_due,
     keys_due_at,
 )
 from credfetcher.keys import KerberosKey
 from credfetcher.krbcodes import is_dc_outage
-from credfetcher.leasefiles import LeaseFiles, WriteOutcome
+from credfetcher.leasefiles import LeaseFiles, WriteJob, WriteOutcome
 from credfetcher.lockout import REJECTED_PASSWORD_RETRY, RefusedPasswords
 
 # Defined with the group bookkeeping; service.py builds its Targets from here.
@@ -353,12 +352,7 @@ class RenewalScheduler:
             targets = list(group.targets.values())
             write_keytabs = group.material_id != id(material)
             group.tgt, group.material = tgt, material
-        keys = self._keys_of(account, material)
-        for target in targets:
-            self._write_target(target, tgt, keys, write_keytabs)
-            # A pass over tens of thousands of files outlasts HealthCheck's and the watchdog's
-            # 60 s: progress counts as life.
-            self.heartbeat = time.monotonic()
+        self.files.refresh_all(targets, self._write_job(tgt, account, material, write_keytabs))
         with self._lock:
             self._succeeded(group, tgt.info)
             group.material_id = id(material)
@@ -367,34 +361,31 @@ class RenewalScheduler:
         log.debug("renewed %s for %d lease(s)", tgt.principal, len(targets))
         return None
 
-    def _write_target(
-        self,
-        target: Target,
-        tgt: tickets.Tgt,
-        keys: Callable[[], Sequence[KerberosKey]],
-        keytab_due: bool,
-    ) -> WriteOutcome | None:
-        """Write one target's ccache (and keytab) and record the outcome: a failed write backs
-        off on its own. A target unregistered meanwhile (its lease deleted) is left alone."""
-        tk = target.key
-        with self.files.lock(target.lease_id):
+    def _write_job(
+        self, tgt: tickets.Tgt, account: Account, material: Any, keytab_due: bool
+    ) -> WriteJob:
+        """Writes of ``tgt`` (:meth:`LeaseFiles.refresh_all`): each target's outcome recorded,
+        a failed write backing off on its own. A target unregistered meanwhile (its lease
+        deleted: delete holds the lease's lock, held when ``due`` is asked) is left alone."""
+
+        def due(target: Target) -> bool | None:
             with self._lock:
-                if tk not in self._index.where:
-                    return None  # the lease was deleted meanwhile (delete holds this lock)
-                keytab_due = keytab_due or tk in self._index.write_failures
-            outcome = self.files.refresh(target, tgt, keys, keytab_due)
-            self._record_write(tk, outcome, tgt.info)
-        if outcome.error is not None:
-            log.warning(
-                "cannot refresh %s: %s",
-                target.ccache,
-                outcome.error,
-                extra={"LEASE_ID": target.lease_id, "GMSA": target.gmsa},
-            )
-        return outcome
+                if target.key not in self._index.where:
+                    return None
+                return keytab_due or target.key in self._index.write_failures
+
+        def progress() -> None:
+            # A pass over tens of thousands of files outlasts HealthCheck's and the watchdog's
+            # 60 s: progress counts as life.
+            self.heartbeat = time.monotonic()
+
+        def record(target: Target, outcome: WriteOutcome) -> None:
+            self._record_write(target, outcome, tgt.info)
+
+        return WriteJob(tgt, self._keys_of(account, material), due, record, progress)
 
     def _record_write(
-        self, tk: TargetKey, outcome: WriteOutcome, info: tickets.TicketInfo | None = None
+        self, target: Target, outcome: WriteOutcome, info: tickets.TicketInfo | None = None
     ) -> None:
         """A clean write clears the target's failure; a failed one backs off on its own.
 
@@ -402,10 +393,19 @@ class RenewalScheduler:
         replaced) the report stays until the group's next renewal writes the files again:
         long enough for ListLeases to show it, and there is nothing to repair before then.
         """
+        if outcome.error is not None:
+            log.warning(
+                "cannot refresh %s: %s",
+                target.ccache,
+                outcome.error,
+                extra={"LEASE_ID": target.lease_id, "GMSA": target.gmsa},
+            )
         with self._lock:
             now = self.clock()
             written = info if outcome.stored else None
-            failure = self._index.record_write(tk, outcome.error, outcome.retry, written, now)
+            failure = self._index.record_write(
+                target.key, outcome.error, outcome.retry, written, now
+            )
             if failure is None:
                 return
             delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (failure.failures - 1))
@@ -420,13 +420,12 @@ class RenewalScheduler:
             due = self._index.rewrites_due(now)
         for account, target, tgt, material in due:
             try:
-                self._write_target(target, tgt, self._keys_of(account, material), True)
+                self.files.refresh_all([target], self._write_job(tgt, account, material, True))
             except Exception as exc:
                 # Like _renew_guarded: one target's bug must not end the pass for the others.
                 log.exception("rewriting %s failed unexpectedly", target.ccache)
                 self._record_write(
-                    target.key,
-                    WriteOutcome(f"unexpected {type(exc).__name__}: {exc}", True, False),
+                    target, WriteOutcome(f"unexpected {type(exc).__name__}: {exc}", True, False)
                 )
 
     def _keys_of(self, account: Account, material: Any) -> Callable[[], Sequence[KerberosKey]]:

@@ -41,6 +41,7 @@ __all__ = [
     "read_ticket_info",
     "store_tgt",
     "ticket_info_from_bytes",
+    "write_ccache_file",
 ]
 
 @dataclass(frozen=True)
@@ -184,15 +185,21 @@ def store_tgt(
     something the daemon did not make sat at ``path``.
     """
     with atomic_target(path, ownership, root=root) as tmp:
-        ctx = krb5.init_context()
-        try:
-            creds = _unmarshal(ctx, tgt.marshalled)
-            ccache = krb5.cc_resolve(ctx, b"FILE:" + bytes(tmp))
-            krb5.cc_initialize(ctx, ccache, creds.client)
-            krb5.cc_store_cred(ctx, ccache, creds)
-        except krb5.Krb5Error as exc:
-            raise StorageError(f"cannot write ccache {path}: {exc}", path=str(path)) from exc
+        write_ccache_file(tgt, tmp, path)
     return tgt.info
+
+
+def write_ccache_file(tgt: Tgt, tmp: Path, path: Path) -> None:
+    """libkrb5 writes ``tgt`` as a new FILE ccache at ``tmp`` (a name in the private staging
+    directory, never in a lease); errors are StorageErrors naming ``path``, its destination."""
+    ctx = krb5.init_context()
+    try:
+        creds = _unmarshal(ctx, tgt.marshalled)
+        ccache = krb5.cc_resolve(ctx, b"FILE:" + bytes(tmp))
+        krb5.cc_initialize(ctx, ccache, creds.client)
+        krb5.cc_store_cred(ctx, ccache, creds)
+    except krb5.Krb5Error as exc:
+        raise StorageError(f"cannot write ccache {path}: {exc}", path=str(path)) from exc
 
 
 def read_ticket_info(

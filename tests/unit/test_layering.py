@@ -17,6 +17,7 @@ import pytest
 CORE = [
     "credfetcher.accounts",
     "credfetcher.aws",
+    "credfetcher.batchwrite",
     "credfetcher.blob",
     "credfetcher.config",
     "credfetcher.credentials",
