@@ -54,10 +54,14 @@ __all__ = [
     "clean_private_dir",
     "describe",
     "ensure_mode",
+    "ensure_mode_at",
     "open_dir",
+    "open_dir_at",
     "read_regular",
+    "read_regular_at",
     "regular_file_exists",
     "remove_tree_inside",
+    "set_mode",
 ]
 
 log = logging.getLogger(__name__)
@@ -137,7 +141,7 @@ def open_dir(root: Path, parts: list[str] | tuple[str, ...]) -> int:
     try:
         for part in parts:
             walked = walked / part
-            child = _open_dir_at(fd, part, walked, "not a directory: refused")
+            child = open_dir_at(fd, part, walked, "not a directory: refused")
             os.close(fd)
             fd = child
     except BaseException:
@@ -146,7 +150,7 @@ def open_dir(root: Path, parts: list[str] | tuple[str, ...]) -> int:
     return fd
 
 
-def _open_dir_at(dir_fd: int, name: str, path: Path, refusal: str) -> int:
+def open_dir_at(dir_fd: int, name: str, path: Path | str, refusal: str) -> int:
     """``openat(dir_fd, name, O_DIRECTORY|O_NOFOLLOW)``; a symlink or non-directory at ``name``
     raises StorageError saying what it is (``path`` is how messages show it)."""
     try:
@@ -163,7 +167,7 @@ def _private_dir_fd(root_fd: int, root: Path) -> int:
     directory the daemon owns (its mode is put back to 0700 if it is not)."""
     with contextlib.suppress(FileExistsError):
         os.mkdir(PRIVATE_DIR, 0o700, dir_fd=root_fd)
-    fd = _open_dir_at(
+    fd = open_dir_at(
         root_fd, PRIVATE_DIR, root / PRIVATE_DIR, "not the daemon's private directory"
     )
     st = os.fstat(fd)
@@ -385,33 +389,37 @@ def read_regular(
     except OSError as exc:
         raise StorageError(f"cannot read {path}: {exc.strerror or exc}", path=str(path)) from exc
     try:
-        try:
-            fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            # ELOOP: a symlink (O_NOFOLLOW); ENXIO: a socket.
-            found = None
-            if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EOPNOTSUPP):
-                found = _describe_at(dir_fd, name)
-            if found is not None:
-                raise StorageError(f"{path} is {found}: not read", path=str(path)) from exc
-            raise StorageError(
-                f"cannot read {path}: {exc.strerror or exc}", path=str(path)
-            ) from exc
-        try:
-            return _read_checked(fd, path, owner, max_size)
-        except OSError as exc:
-            raise StorageError(
-                f"cannot read {path}: {exc.strerror or exc}", path=str(path)
-            ) from exc
-        finally:
-            os.close(fd)
+        return read_regular_at(dir_fd, name, path, owner=owner, max_size=max_size)
     finally:
         os.close(dir_fd)
 
 
-def _read_checked(fd: int, path: Path, owner: int | None, max_size: int) -> bytes:
+def read_regular_at(
+    dir_fd: int, name: str, path: Path | str, *, owner: int | None = None,
+    max_size: int = MAX_FILE_SIZE,
+) -> bytes | None:
+    """:func:`read_regular` of ``name`` in the checked directory ``dir_fd`` (``path``: its name)."""
+    try:
+        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        # ELOOP: a symlink (O_NOFOLLOW); ENXIO: a socket.
+        found = None
+        if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EOPNOTSUPP):
+            found = _describe_at(dir_fd, name)
+        if found is not None:
+            raise StorageError(f"{path} is {found}: not read", path=str(path)) from exc
+        raise StorageError(f"cannot read {path}: {exc.strerror or exc}", path=str(path)) from exc
+    try:
+        return _read_checked(fd, path, owner, max_size)
+    except OSError as exc:
+        raise StorageError(f"cannot read {path}: {exc.strerror or exc}", path=str(path)) from exc
+    finally:
+        os.close(fd)
+
+
+def _read_checked(fd: int, path: Path | str, owner: int | None, max_size: int) -> bytes:
     st = os.fstat(fd)
     found = describe(st, owner=owner)
     if found is None and st.st_size > max_size:
@@ -462,11 +470,25 @@ def ensure_mode(path: Path, mode: int, *, root: Path | None = None) -> bool:
     except (OSError, StorageError):
         return False
     try:
+        return ensure_mode_at(dir_fd, name, mode)
+    finally:
+        os.close(dir_fd)
+
+
+def ensure_mode_at(dir_fd: int, name: str, mode: int) -> bool:
+    """:func:`ensure_mode` of ``name`` in the checked directory ``dir_fd``."""
+    try:
         fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
     except OSError:
         return False
+    try:
+        return set_mode(fd, mode)
     finally:
-        os.close(dir_fd)
+        os.close(fd)
+
+
+def set_mode(fd: int, mode: int) -> bool:
+    """:func:`ensure_mode` of an open fd: fchmod it to ``mode`` if it is the daemon's."""
     try:
         st = os.fstat(fd)
         mine = st.st_uid == os.geteuid() and (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode))
@@ -475,6 +497,4 @@ def ensure_mode(path: Path, mode: int, *, root: Path | None = None) -> bool:
         os.fchmod(fd, mode)
     except OSError:
         return False
-    finally:
-        os.close(fd)
     return True

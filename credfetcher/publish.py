@@ -8,7 +8,7 @@ lease or leaves nothing behind (:meth:`credfetcher.leases.LeaseStore.commit`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,14 @@ from credfetcher.files import Ownership
 from credfetcher.keytab import write_keytab
 from credfetcher.krbcodes import is_dc_outage
 from credfetcher.lease_index import LeaseIndex
-from credfetcher.leases import CCACHE_NAME, KEYTAB_NAME, GmsaEntry, LeaseRecord, LeaseStore
+from credfetcher.leases import (
+    CCACHE_NAME,
+    KEYTAB_NAME,
+    GmsaEntry,
+    LeaseRecord,
+    LeaseStore,
+    LoadedLease,
+)
 from credfetcher.renewal import RenewalScheduler, Target
 
 log = logging.getLogger(__name__)
@@ -139,23 +146,24 @@ def publish(
 def register_recovered(
     store: LeaseStore,
     scheduler: RenewalScheduler,
-    credentials: Credentials,
-    record: LeaseRecord,
+    host_account: Callable[[str, str], GmsaAccount],
+    loaded: LoadedLease,
     *,
     now: float,
 ) -> None:
     """Register a lease loaded from disk for renewal, each gMSA with the ticket it holds.
 
-    A domainless lease's credentials were in memory only: its gMSAs wait, registered under a
+    ``host_account(domain, gmsa)``: the host's account for a domain-joined lease's gMSA. A
+    domainless lease's credentials were in memory only: its gMSAs wait, registered under a
     "waiting" key with no account, until a renewal or the secret's refresh gives them one.
     """
+    record = loaded.record
     for gmsa in record.entries:
         tgt = target(store, record, gmsa.gmsa_name)
-        # From a checked fd (never a FIFO, a symlink or a file the daemon did not make);
-        # anything else reads as "no ticket": renewed now, and the write reports it.
-        info = tickets.read_ticket_info(
-            tgt.ccache, root=store.krb_dir, owner=record.ownership.expected_uid
-        )
+        # Read from a checked fd at load (never a FIFO, a symlink or a file the daemon did not
+        # make); anything else reads as "no ticket": renewed now, and the write reports it.
+        data = loaded.ccaches.get(tgt.ccache.parent.name)
+        info = tickets.ticket_info_from_bytes(data) if data else None
         fresh = info if info is not None and info.endtime > now + 60 else None
         if record.domainless_user is not None:
             account = None
@@ -164,8 +172,7 @@ def register_recovered(
             # clock of a lease waiting for its credentials starts there.
             fresh = info
         else:
-            host = credentials.host_identity(gmsa.domain)
-            account = credentials.account(gmsa.domain, gmsa.gmsa_name, host)
+            account = host_account(gmsa.domain, gmsa.gmsa_name)
             key = account.key
         scheduler.register(key, account, tgt, fresh)
 
