@@ -23,6 +23,7 @@ users, DNs and secret ARNs) is 0600.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -379,13 +380,30 @@ def _checked_dir_name(entry: GmsaEntry) -> str:
     return validate_gmsa_name(entry.gmsa_name)
 
 
-def _directory(info: dict[str, Any]) -> str | None:
-    """The caller-chosen directory of an entry: krb_file_path's parent, when not the gMSA name."""
-    path = str(info.get("krb_file_path") or "")
-    name = Path(path).parent.name if path else ""
-    if not name or name == str(info["service_account_name"]):
-        return None
-    return validate_dir_name(name)
+def _parent_name(path: str) -> str:
+    """``Path(path).parent.name`` without a Path per lease (start-up decodes one per lease): the
+    last but one of the components pathlib keeps (it drops empty and ``.`` ones)."""
+    parts = [part for part in path.split("/") if part and part != "."]
+    return parts[-2] if len(parts) > 1 else ""
+
+
+@functools.lru_cache(maxsize=1024)
+def _entry(
+    account_name: str, domain: str, *, dn: str, credspec: str, arn: str | None, parent: str
+) -> GmsaEntry:
+    """One gMSA of a lease's metadata, validated. Cached: at start-up, every lease of a gMSA
+    repeats the same entry (frozen, so shared), and validating it is most of decoding one."""
+    gmsa_name = validate_gmsa_name(account_name)
+    # The caller-chosen directory: krb_file_path's parent, when not the gMSA name.
+    directory = validate_dir_name(parent) if parent and parent != account_name else None
+    return GmsaEntry(
+        gmsa_name=gmsa_name,
+        domain=domain,
+        distinguished_name=dn,
+        credspec=credspec,
+        credential_arn=arn,
+        directory=directory,
+    )
 
 
 def decode_metadata(data: bytes) -> LeaseRecord:
@@ -394,13 +412,13 @@ def decode_metadata(data: bytes) -> LeaseRecord:
     if ours.get("version") != METADATA_VERSION:
         raise ValueError(f"unknown metadata version {ours.get('version')!r}")
     entries = tuple(
-        GmsaEntry(
-            gmsa_name=validate_gmsa_name(str(i["service_account_name"])),
-            domain=str(i["domain_name"]),
-            distinguished_name=str(i.get("distinguished_name", "")),
+        _entry(
+            str(i["service_account_name"]),
+            str(i["domain_name"]),
+            dn=str(i.get("distinguished_name", "")),
             credspec=str(i.get("credspec_info", "")),
-            credential_arn=str(i.get("credential_arn") or "") or None,
-            directory=_directory(i),
+            arn=str(i.get("credential_arn") or "") or None,
+            parent=_parent_name(str(i.get("krb_file_path") or "")),
         )
         for i in doc["krb_ticket_info"]
     )

@@ -8,7 +8,7 @@ lease or leaves nothing behind (:meth:`credfetcher.leases.LeaseStore.commit`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,18 +143,51 @@ def publish(
         scheduler.register(account.key, account, target(store, record, gmsa.gmsa_name), info)
 
 
+class Recovery:
+    """What the leases loaded at start-up share, each made once rather than once per lease: the
+    host's account per (domain, gMSA), and the ticket in each distinct ccache (the leases of a
+    renewal group hold the same bytes: their files are written from one TGT)."""
+
+    #: Distinct ccaches remembered at most; a full memo starts again.
+    TICKETS = 256
+
+    def __init__(self, credentials: Credentials) -> None:
+        self._credentials = credentials
+        self._accounts: dict[tuple[str, str], GmsaAccount] = {}
+        self._tickets: dict[bytes, tickets.TicketInfo | None] = {}
+
+    def host_account(self, domain: str, gmsa: str) -> GmsaAccount:
+        account = self._accounts.get((domain, gmsa))
+        if account is None:
+            identity = self._credentials.host_identity(domain)
+            account = self._credentials.account(domain, gmsa, identity)
+            self._accounts[domain, gmsa] = account
+        return account
+
+    def ticket_info(self, data: bytes) -> tickets.TicketInfo | None:
+        """:func:`credfetcher.tickets.ticket_info_from_bytes`, a pure function of ``data``."""
+        try:
+            return self._tickets[data]
+        except KeyError:
+            pass
+        info = tickets.ticket_info_from_bytes(data)
+        if len(self._tickets) >= self.TICKETS:
+            self._tickets.clear()
+        self._tickets[data] = info
+        return info
+
+
 def register_recovered(
     store: LeaseStore,
     scheduler: RenewalScheduler,
-    host_account: Callable[[str, str], GmsaAccount],
+    recovery: Recovery,
     loaded: LoadedLease,
     *,
     now: float,
 ) -> None:
     """Register a lease loaded from disk for renewal, each gMSA with the ticket it holds.
 
-    ``host_account(domain, gmsa)``: the host's account for a domain-joined lease's gMSA. A
-    domainless lease's credentials were in memory only: its gMSAs wait, registered under a
+    A domainless lease's credentials were in memory only: its gMSAs wait, registered under a
     "waiting" key with no account, until a renewal or the secret's refresh gives them one.
     """
     record = loaded.record
@@ -163,7 +196,7 @@ def register_recovered(
         # Read from a checked fd at load (never a FIFO, a symlink or a file the daemon did not
         # make); anything else reads as "no ticket": renewed now, and the write reports it.
         data = loaded.ccaches.get(tgt.ccache.parent.name)
-        info = tickets.ticket_info_from_bytes(data) if data else None
+        info = recovery.ticket_info(data) if data else None
         fresh = info if info is not None and info.endtime > now + 60 else None
         if record.domainless_user is not None:
             account = None
@@ -172,7 +205,7 @@ def register_recovered(
             # clock of a lease waiting for its credentials starts there.
             fresh = info
         else:
-            account = host_account(gmsa.domain, gmsa.gmsa_name)
+            account = recovery.host_account(gmsa.domain, gmsa.gmsa_name)
             key = account.key
         scheduler.register(key, account, tgt, fresh)
 

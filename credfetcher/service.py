@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from credfetcher import publish, views
-from credfetcher.accounts import GmsaAccount
 from credfetcher.config import Config
 from credfetcher.credentials import (
     ArnSecrets,
@@ -100,8 +99,7 @@ class LeaseService:
         )
         self.supervisor = Supervisor(self)
         self._add_slots = threading.BoundedSemaphore(CONCURRENT_ADDS)
-        # (domain, gMSA) → the host's account, while start-up loads leases (_host_account).
-        self._recovered_accounts: dict[tuple[str, str], GmsaAccount] = {}
+        self._recovery = publish.Recovery(self.credentials)  # shared by the leases loaded
         if config.ccache_mode & 0o004:
             log.warning(
                 "CF_CCACHE_MODE 0%o: every lease's ccache and keytab are readable by every user "
@@ -137,7 +135,7 @@ class LeaseService:
         finally:
             self.index.end_loading()
             self.scheduler.release()
-            self._recovered_accounts.clear()  # nothing is loaded from disk any more
+            self._recovery = publish.Recovery(self.credentials)  # its memos, freed
         # Whoever loaded them (this loop, or a call that named one first), less any deleted.
         loaded = self.index.count(names)
         log.info("recovered %d lease(s) from %s", loaded, self.config.krb_dir)
@@ -149,18 +147,8 @@ class LeaseService:
 
     def _register_recovered(self, loaded: LoadedLease) -> None:
         publish.register_recovered(
-            self.store, self.scheduler, self._host_account, loaded, now=self.clock()
+            self.store, self.scheduler, self._recovery, loaded, now=self.clock()
         )
-
-    def _host_account(self, domain: str, gmsa: str) -> GmsaAccount:
-        """The host's account for ``gmsa``, the same for every lease recovered: made (principal,
-        config lookups, account key) once per gMSA, not once per lease."""
-        account = self._recovered_accounts.get((domain, gmsa))
-        if account is None:
-            identity = self.credentials.host_identity(domain)
-            account = self.credentials.account(domain, gmsa, identity)
-            self._recovered_accounts[domain, gmsa] = account
-        return account
 
     # -- adding and deleting -------------------------------------------------------------------
 
