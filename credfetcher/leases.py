@@ -283,14 +283,13 @@ class LeaseStore:
         followed), all relative to the lease directory opened once (:mod:`credfetcher.leasedir`).
         Older versions' modes are tightened and their leftover temp files removed on the way.
         """
-        entry = self.krb_dir / name
         meta = f"{name}_metadata.json"
         with LeaseDir(self.krb_dir, name) as lease:
             try:
                 validate_lease_id(name)
                 data = lease.read_metadata(meta, owner=os.geteuid())
                 if data is None:
-                    if not os.path.lexists(entry):
+                    if not os.path.lexists(lease.path):
                         return None  # deleted meanwhile
                     raise ValueError("no metadata")
                 record = decode_metadata(data)
@@ -302,6 +301,7 @@ class LeaseStore:
                 reason = exc.message
             else:
                 return LoadedLease(record, self._tidy(lease, record))
+        entry = self.krb_dir / name
         log.warning("removing %s: not a readable lease (%s)", entry, reason)
         _remove(self.krb_dir, entry)
         return None
@@ -311,7 +311,8 @@ class LeaseStore:
         """Give what older versions made today's modes (they made lease directories 0755 and
         metadata 0644: any host user could list leases and read domainless users, DNs, secret
         ARNs), remove the temp files they left, and read each gMSA directory's ccache."""
-        dirs = list(dict.fromkeys(_checked_dir_name(gmsa) for gmsa in record.entries))
+        # Names decode_metadata validated (_entry): each a gMSA name or a checked directory name.
+        dirs = list(dict.fromkeys(gmsa.dir_name for gmsa in record.entries))
         meta = f"{record.lease_id}_metadata.json"
         if lease.tighten(meta, METADATA_MODE, dirs, DIR_MODE):
             log.info("lease %s: directories set to 0711 and metadata to 0600", record.lease_id)
