@@ -18,8 +18,8 @@ from credfetcher.sortedids import SortedIds
 Load = Callable[[str], LoadedLease | None]
 Register = Callable[[LoadedLease], None]
 
-#: Lease ids the loader claims at a time: a caller naming one waits for at most this many loads
-#: (some 10 ms at start-up's ~150 µs each).
+#: Lease ids the loader claims at a time: a call naming one waits for at most this many loads
+#: (some 10 ms at ~150 µs each).
 CHUNK = 64
 
 
@@ -33,7 +33,8 @@ class LeaseIndex:
         self._pending: set[str] = set()
         # The ids of both, sorted: a ListLeases page is a slice, not a sort of every id.
         self._ids = SortedIds()
-        # Ids being loaded now, each by the one thread that claimed it; set when it is done.
+        # Ids being loaded now, each by the one thread that claimed it: the event it sets when
+        # done with them (one per chunk of the loader's, one per call's lease).
         self._loading: dict[str, threading.Event] = {}
         self._loaded = threading.Event()
         self._loaded.set()
@@ -95,7 +96,7 @@ class LeaseIndex:
         """What the loader could not load is no lease to wait for. Loads other threads still
         run are waited for first: once :meth:`wait_loaded` returns, every lease is in."""
         with self._lock:
-            running = list(self._loading.values())
+            running = set(self._loading.values())
         for done in running:
             done.wait()
         with self._lock:
@@ -111,25 +112,25 @@ class LeaseIndex:
     def load_all(self, lease_ids: Sequence[str], load: Load, register: Register) -> None:
         """The loader: load ``lease_ids`` in order, claiming :data:`CHUNK` of them at a time.
 
-        Ids a caller claimed first (:meth:`ensure_loaded`) are skipped, never waited for here;
-        a caller that names an id of the loader's chunk waits for that id only. Claiming a chunk
-        in one step of the index's lock keeps the lock short (HealthCheck and ListLeases never
-        wait behind a load) and lets a listing that follows the loader wait once per chunk, not
-        once per lease.
+        Ids a call claimed first (:meth:`ensure_loaded`) are skipped, never waited for here. A
+        call naming an id of the loader's chunk waits for that chunk (some milliseconds): a
+        listing that follows the loader wakes once per chunk, not once per lease. Claiming a
+        chunk is one short hold of the index's lock: HealthCheck and ListLeases never wait
+        behind a load.
         """
         for start in range(0, len(lease_ids), CHUNK):
             with self._lock:
-                claimed = [
-                    (lease_id, self._claim(lease_id))
-                    for lease_id in lease_ids[start : start + CHUNK]
-                    if lease_id in self._pending
-                ]
-            for n, (lease_id, done) in enumerate(claimed):
-                try:
-                    self._load_claimed(lease_id, done, load, register)
-                except BaseException:
-                    self._unclaim(claimed[n + 1 :])
-                    raise
+                claimed = [i for i in lease_ids[start : start + CHUNK] if i in self._pending]
+                done = self._claim(claimed)
+            left = iter(claimed)
+            try:
+                for lease_id in left:
+                    self._load_claimed(lease_id, load, register)
+            except BaseException:
+                self._unclaim(list(left))
+                raise
+            finally:
+                done.set()
 
     def ensure_loaded(self, lease_id: str, load: Load, register: Register) -> bool:
         """Load ``lease_id`` now (``load``, then ``register``) if it was found at start-up and
@@ -138,32 +139,35 @@ class LeaseIndex:
         while True:
             with self._lock:
                 running = self._loading.get(lease_id)
-                mine = None
-                if running is None and lease_id in self._pending:
-                    mine = self._claim(lease_id)
-            if mine is not None:
-                return self._load_claimed(lease_id, mine, load, register)
+                mine = running is None and lease_id in self._pending
+                if mine:
+                    running = self._claim([lease_id])
             if running is None:
                 return False
+            if mine:
+                try:
+                    return self._load_claimed(lease_id, load, register)
+                finally:
+                    running.set()
             running.wait()  # then look again: loaded, or given back by a loader that failed
 
-    def _claim(self, lease_id: str) -> threading.Event:
-        """Take ``lease_id`` from the pending ones for the caller to load (under ``_lock``)."""
-        self._pending.discard(lease_id)
-        done = self._loading[lease_id] = threading.Event()
+    def _claim(self, lease_ids: list[str]) -> threading.Event:
+        """Take ``lease_ids`` from the pending ones for the caller to load (under ``_lock``);
+        the caller sets the event returned once it is done with them."""
+        done = threading.Event()
+        for lease_id in lease_ids:
+            self._pending.discard(lease_id)
+            self._loading[lease_id] = done
         return done
 
-    def _unclaim(self, claimed: Sequence[tuple[str, threading.Event]]) -> None:
-        """Give back ids claimed and not loaded: pending again, their waiters woken."""
+    def _unclaim(self, lease_ids: list[str]) -> None:
+        """Give back ids claimed and not loaded: pending again (their waiters look again)."""
         with self._lock:
-            for lease_id, done in claimed:
+            for lease_id in lease_ids:
                 del self._loading[lease_id]
                 self._pending.add(lease_id)
-                done.set()
 
-    def _load_claimed(
-        self, lease_id: str, done: threading.Event, load: Load, register: Register
-    ) -> bool:
+    def _load_claimed(self, lease_id: str, load: Load, register: Register) -> bool:
         loaded = None
         try:
             loaded = load(lease_id)
@@ -175,5 +179,4 @@ class LeaseIndex:
                 del self._loading[lease_id]
                 if lease_id not in self._records:
                     self._ids.remove(lease_id)
-            done.set()
         return loaded is not None
