@@ -54,11 +54,12 @@ __all__ = [
     "atomic_write_bytes",
     "clean_private_dir",
     "describe",
-    "ensure_mode",
     "full_filesystem",
     "open_dir",
+    "open_dir_at",
     "private_dir_fd",
     "read_regular",
+    "read_regular_at",
     "regular_file_exists",
     "remove_tree_inside",
     "rename_staged",
@@ -143,7 +144,7 @@ def open_dir(root: Path, parts: list[str] | tuple[str, ...]) -> int:
     try:
         for part in parts:
             walked = walked / part
-            child = _open_dir_at(fd, part, walked, "not a directory: refused")
+            child = open_dir_at(fd, part, walked, "not a directory: refused")
             os.close(fd)
             fd = child
     except BaseException:
@@ -152,7 +153,7 @@ def open_dir(root: Path, parts: list[str] | tuple[str, ...]) -> int:
     return fd
 
 
-def _open_dir_at(dir_fd: int, name: str, path: Path, refusal: str) -> int:
+def open_dir_at(dir_fd: int, name: str, path: Path | str, refusal: str) -> int:
     """``openat(dir_fd, name, O_DIRECTORY|O_NOFOLLOW)``; a symlink or non-directory at ``name``
     raises StorageError saying what it is (``path`` is how messages show it)."""
     try:
@@ -169,7 +170,7 @@ def private_dir_fd(root_fd: int, root: Path) -> int:
     directory the daemon owns (its mode is put back to 0700 if it is not)."""
     with contextlib.suppress(FileExistsError):
         os.mkdir(PRIVATE_DIR, 0o700, dir_fd=root_fd)
-    fd = _open_dir_at(
+    fd = open_dir_at(
         root_fd, PRIVATE_DIR, root / PRIVATE_DIR, "not the daemon's private directory"
     )
     st = os.fstat(fd)
@@ -404,33 +405,37 @@ def read_regular(
     except OSError as exc:
         raise StorageError(f"cannot read {path}: {exc.strerror or exc}", path=str(path)) from exc
     try:
-        try:
-            fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            # ELOOP: a symlink (O_NOFOLLOW); ENXIO: a socket.
-            found = None
-            if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EOPNOTSUPP):
-                found = _describe_at(dir_fd, name)
-            if found is not None:
-                raise StorageError(f"{path} is {found}: not read", path=str(path)) from exc
-            raise StorageError(
-                f"cannot read {path}: {exc.strerror or exc}", path=str(path)
-            ) from exc
-        try:
-            return _read_checked(fd, path, owner, max_size)
-        except OSError as exc:
-            raise StorageError(
-                f"cannot read {path}: {exc.strerror or exc}", path=str(path)
-            ) from exc
-        finally:
-            os.close(fd)
+        return read_regular_at(dir_fd, name, path, owner=owner, max_size=max_size)
     finally:
         os.close(dir_fd)
 
 
-def _read_checked(fd: int, path: Path, owner: int | None, max_size: int) -> bytes:
+def read_regular_at(
+    dir_fd: int, name: str, path: Path | str, *, owner: int | None = None,
+    max_size: int = MAX_FILE_SIZE,
+) -> bytes | None:
+    """:func:`read_regular` of ``name`` in the checked directory ``dir_fd`` (``path``: its name)."""
+    try:
+        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        # ELOOP: a symlink (O_NOFOLLOW); ENXIO: a socket.
+        found = None
+        if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EOPNOTSUPP):
+            found = _describe_at(dir_fd, name)
+        if found is not None:
+            raise StorageError(f"{path} is {found}: not read", path=str(path)) from exc
+        raise StorageError(f"cannot read {path}: {exc.strerror or exc}", path=str(path)) from exc
+    try:
+        return _read_checked(fd, path, owner, max_size)
+    except OSError as exc:
+        raise StorageError(f"cannot read {path}: {exc.strerror or exc}", path=str(path)) from exc
+    finally:
+        os.close(fd)
+
+
+def _read_checked(fd: int, path: Path | str, owner: int | None, max_size: int) -> bytes:
     st = os.fstat(fd)
     found = describe(st, owner=owner)
     if found is None and st.st_size > max_size:
@@ -469,31 +474,3 @@ def regular_file_exists(path: Path, *, root: Path | None = None, owner: int | No
     finally:
         os.close(dir_fd)
 
-
-def ensure_mode(path: Path, mode: int, *, root: Path | None = None) -> bool:
-    """Give ``path`` (a directory or regular file the daemon owns) ``mode`` if it has another;
-    return whether it changed. Opened like :func:`read_regular` (never followed, never waited
-    on); anything else there is left alone. For files and directories made by older versions."""
-    top = path.parent if root is None else root
-    parts, name = _relative_parts(top, path)
-    try:
-        dir_fd = open_dir(top, parts)
-    except (OSError, StorageError):
-        return False
-    try:
-        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
-    except OSError:
-        return False
-    finally:
-        os.close(dir_fd)
-    try:
-        st = os.fstat(fd)
-        mine = st.st_uid == os.geteuid() and (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode))
-        if not mine or stat.S_IMODE(st.st_mode) == mode:
-            return False
-        os.fchmod(fd, mode)
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-    return True

@@ -23,6 +23,7 @@ users, DNs and secret ARNs) is 0600.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -43,11 +44,9 @@ from credfetcher.files import (
     TamperedError,
     atomic_write_bytes,
     clean_private_dir,
-    ensure_mode,
-    open_dir,
-    read_regular,
     remove_tree_inside,
 )
+from credfetcher.leasedir import LeaseDir
 from credfetcher.values import LeaseId
 
 log = logging.getLogger(__name__)
@@ -117,6 +116,15 @@ class LeaseRecord:
     write_keytab: bool = False
     created_at: float = field(default_factory=time.time)
     kind: str = "domain-joined"  # or "domainless", "arn"
+
+
+@dataclass(frozen=True)
+class LoadedLease:
+    """A lease loaded from disk at start-up, with what its files held then."""
+
+    record: LeaseRecord
+    ccaches: dict[str, bytes | None]
+    """gMSA directory name → its ccache's bytes; None: none there, or not safe to read."""
 
 
 class LeaseStore:
@@ -261,62 +269,59 @@ class LeaseStore:
         return sorted(names)
 
     def load(self, name: str) -> LeaseRecord | None:
-        """The lease in directory ``name``, or None when it is gone or unreadable.
+        """The lease in directory ``name`` (:meth:`load_lease`), or None."""
+        loaded = self.load_lease(name)
+        return None if loaded is None else loaded.record
+
+    def load_lease(self, name: str) -> LoadedLease | None:
+        """The lease in directory ``name`` and its gMSAs' ccaches, or None when it is gone or
+        unreadable.
 
         A lease directory whose metadata is missing or unreadable cannot be served or renewed
-        and is removed, with a warning naming it. Metadata is read from a checked fd (a FIFO, a
-        symlink or a foreign file at its name is unreadable, never waited on or followed).
+        and is removed, with a warning naming it. Metadata and ccaches are read from checked fds
+        (a FIFO, a symlink or a foreign file at their names is unreadable, never waited on or
+        followed), all relative to the lease directory opened once (:mod:`credfetcher.leasedir`).
+        Older versions' modes are tightened and their leftover temp files removed on the way.
         """
+        meta = f"{name}_metadata.json"
+        with LeaseDir(self.krb_dir, name) as lease:
+            try:
+                validate_lease_id(name)
+                data = lease.read_metadata(meta, owner=os.geteuid())
+                if data is None:
+                    if not os.path.lexists(lease.path):
+                        return None  # deleted meanwhile
+                    raise ValueError("no metadata")
+                record = decode_metadata(data)
+                if record.lease_id != name:
+                    raise ValueError(f"metadata names lease {record.lease_id!r}")
+            except (InvalidRequestError, OSError, ValueError, KeyError, TypeError) as exc:
+                reason: object = exc
+            except StorageError as exc:
+                reason = exc.message
+            else:
+                return LoadedLease(record, self._tidy(lease, record))
         entry = self.krb_dir / name
-        try:
-            validate_lease_id(name)
-            data = read_regular(self.metadata_path(name), root=self.krb_dir, owner=os.geteuid())
-            if data is None:
-                if not os.path.lexists(entry):
-                    return None  # deleted meanwhile
-                raise ValueError("no metadata")
-            record = decode_metadata(data)
-            if record.lease_id != name:
-                raise ValueError(f"metadata names lease {record.lease_id!r}")
-        except (InvalidRequestError, OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("removing %s: not a readable lease (%s)", entry, exc)
-            _remove(self.krb_dir, entry)
-            return None
-        except StorageError as exc:
-            log.warning("removing %s: not a readable lease (%s)", entry, exc.message)
-            _remove(self.krb_dir, entry)
-            return None
-        self._tighten(record)
-        for gmsa in record.entries:
-            self._remove_old_temps(name, _checked_dir_name(gmsa))
-        return record
+        log.warning("removing %s: not a readable lease (%s)", entry, reason)
+        _remove(self.krb_dir, entry)
+        return None
 
-    def _tighten(self, record: LeaseRecord) -> None:
-        """Older versions made lease directories 0755 and metadata 0644 (any host user could
-        list leases and read domainless users, DNs, secret ARNs): give them today's modes."""
-        root = self.krb_dir
-        changed = ensure_mode(self.lease_dir(record.lease_id), DIR_MODE, root=root)
-        changed |= ensure_mode(self.metadata_path(record.lease_id), METADATA_MODE, root=root)
-        for entry in record.entries:
-            changed |= ensure_mode(self.entry_dir(record.lease_id, entry), DIR_MODE, root=root)
-        if changed:
+    @staticmethod
+    def _tidy(lease: LeaseDir, record: LeaseRecord) -> dict[str, bytes | None]:
+        """Give what older versions made today's modes (they made lease directories 0755 and
+        metadata 0644: any host user could list leases and read domainless users, DNs, secret
+        ARNs), remove the temp files they left, and read each gMSA directory's ccache."""
+        # Names decode_metadata validated (_entry): each a gMSA name or a checked directory name.
+        dirs = list(dict.fromkeys(gmsa.dir_name for gmsa in record.entries))
+        meta = f"{record.lease_id}_metadata.json"
+        if lease.tighten(meta, METADATA_MODE, dirs, DIR_MODE):
             log.info("lease %s: directories set to 0711 and metadata to 0600", record.lease_id)
-
-    def _remove_old_temps(self, lease_id: str, dir_name: str) -> None:
-        """Remove temp files that versions before the private directory left in a gMSA
-        directory; the directory is walked from krbdir's fd, never through a symlink."""
-        try:
-            fd = open_dir(self.krb_dir, (lease_id, dir_name))
-        except (OSError, StorageError):
-            return  # missing or not a directory: the first renewal reports it
-        try:
-            for item in os.scandir(fd):
-                if item.name.startswith(TEMP_PREFIX) and not item.is_dir(follow_symlinks=False):
-                    os.unlink(item.name, dir_fd=fd)
-        except OSError as exc:
-            log.warning("cannot clean %s/%s: %s", lease_id, dir_name, exc)
-        finally:
-            os.close(fd)
+        owner = record.ownership.expected_uid
+        ccaches: dict[str, bytes | None] = {}
+        for name in dirs:
+            lease.remove_old_temps(name)
+            ccaches[name] = lease.read_ticket_file(name, CCACHE_NAME, owner)
+        return ccaches
 
     def iter_lease_ids(self) -> Iterator[str]:
         for entry in self.krb_dir.iterdir():
@@ -376,13 +381,30 @@ def _checked_dir_name(entry: GmsaEntry) -> str:
     return validate_gmsa_name(entry.gmsa_name)
 
 
-def _directory(info: dict[str, Any]) -> str | None:
-    """The caller-chosen directory of an entry: krb_file_path's parent, when not the gMSA name."""
-    path = str(info.get("krb_file_path") or "")
-    name = Path(path).parent.name if path else ""
-    if not name or name == str(info["service_account_name"]):
-        return None
-    return validate_dir_name(name)
+def _parent_name(path: str) -> str:
+    """``Path(path).parent.name`` without a Path per lease (start-up decodes one per lease): the
+    last but one of the components pathlib keeps (it drops empty and ``.`` ones)."""
+    parts = [part for part in path.split("/") if part and part != "."]
+    return parts[-2] if len(parts) > 1 else ""
+
+
+@functools.lru_cache(maxsize=1024)
+def _entry(
+    account_name: str, domain: str, *, dn: str, credspec: str, arn: str | None, parent: str
+) -> GmsaEntry:
+    """One gMSA of a lease's metadata, validated. Cached: at start-up, every lease of a gMSA
+    repeats the same entry (frozen, so shared), and validating it is most of decoding one."""
+    gmsa_name = validate_gmsa_name(account_name)
+    # The caller-chosen directory: krb_file_path's parent, when not the gMSA name.
+    directory = validate_dir_name(parent) if parent and parent != account_name else None
+    return GmsaEntry(
+        gmsa_name=gmsa_name,
+        domain=domain,
+        distinguished_name=dn,
+        credspec=credspec,
+        credential_arn=arn,
+        directory=directory,
+    )
 
 
 def decode_metadata(data: bytes) -> LeaseRecord:
@@ -391,13 +413,13 @@ def decode_metadata(data: bytes) -> LeaseRecord:
     if ours.get("version") != METADATA_VERSION:
         raise ValueError(f"unknown metadata version {ours.get('version')!r}")
     entries = tuple(
-        GmsaEntry(
-            gmsa_name=validate_gmsa_name(str(i["service_account_name"])),
-            domain=str(i["domain_name"]),
-            distinguished_name=str(i.get("distinguished_name", "")),
+        _entry(
+            str(i["service_account_name"]),
+            str(i["domain_name"]),
+            dn=str(i.get("distinguished_name", "")),
             credspec=str(i.get("credspec_info", "")),
-            credential_arn=str(i.get("credential_arn") or "") or None,
-            directory=_directory(i),
+            arn=str(i.get("credential_arn") or "") or None,
+            parent=_parent_name(str(i.get("krb_file_path") or "")),
         )
         for i in doc["krb_ticket_info"]
     )

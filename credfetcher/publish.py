@@ -22,7 +22,14 @@ from credfetcher.files import Ownership
 from credfetcher.keytab import write_keytab
 from credfetcher.krbcodes import is_dc_outage
 from credfetcher.lease_index import LeaseIndex
-from credfetcher.leases import CCACHE_NAME, KEYTAB_NAME, GmsaEntry, LeaseRecord, LeaseStore
+from credfetcher.leases import (
+    CCACHE_NAME,
+    KEYTAB_NAME,
+    GmsaEntry,
+    LeaseRecord,
+    LeaseStore,
+    LoadedLease,
+)
 from credfetcher.renewal import RenewalScheduler, Target
 
 log = logging.getLogger(__name__)
@@ -136,11 +143,45 @@ def publish(
         scheduler.register(account.key, account, target(store, record, gmsa.gmsa_name), info)
 
 
+class Recovery:
+    """What the leases loaded at start-up share, each made once rather than once per lease: the
+    host's account per (domain, gMSA), and the ticket in each distinct ccache (the leases of a
+    renewal group hold the same bytes: their files are written from one TGT)."""
+
+    #: Distinct ccaches remembered at most; a full memo starts again.
+    TICKETS = 256
+
+    def __init__(self, credentials: Credentials) -> None:
+        self._credentials = credentials
+        self._accounts: dict[tuple[str, str], GmsaAccount] = {}
+        self._tickets: dict[bytes, tickets.TicketInfo | None] = {}
+
+    def host_account(self, domain: str, gmsa: str) -> GmsaAccount:
+        account = self._accounts.get((domain, gmsa))
+        if account is None:
+            identity = self._credentials.host_identity(domain)
+            account = self._credentials.account(domain, gmsa, identity)
+            self._accounts[domain, gmsa] = account
+        return account
+
+    def ticket_info(self, data: bytes) -> tickets.TicketInfo | None:
+        """:func:`credfetcher.tickets.ticket_info_from_bytes`, a pure function of ``data``."""
+        try:
+            return self._tickets[data]
+        except KeyError:
+            pass
+        info = tickets.ticket_info_from_bytes(data)
+        if len(self._tickets) >= self.TICKETS:
+            self._tickets.clear()
+        self._tickets[data] = info
+        return info
+
+
 def register_recovered(
     store: LeaseStore,
     scheduler: RenewalScheduler,
-    credentials: Credentials,
-    record: LeaseRecord,
+    recovery: Recovery,
+    loaded: LoadedLease,
     *,
     now: float,
 ) -> None:
@@ -149,13 +190,13 @@ def register_recovered(
     A domainless lease's credentials were in memory only: its gMSAs wait, registered under a
     "waiting" key with no account, until a renewal or the secret's refresh gives them one.
     """
+    record = loaded.record
     for gmsa in record.entries:
         tgt = target(store, record, gmsa.gmsa_name)
-        # From a checked fd (never a FIFO, a symlink or a file the daemon did not make);
-        # anything else reads as "no ticket": renewed now, and the write reports it.
-        info = tickets.read_ticket_info(
-            tgt.ccache, root=store.krb_dir, owner=record.ownership.expected_uid
-        )
+        # Read from a checked fd at load (never a FIFO, a symlink or a file the daemon did not
+        # make); anything else reads as "no ticket": renewed now, and the write reports it.
+        data = loaded.ccaches.get(tgt.ccache.parent.name)
+        info = recovery.ticket_info(data) if data else None
         fresh = info if info is not None and info.endtime > now + 60 else None
         if record.domainless_user is not None:
             account = None
@@ -164,8 +205,7 @@ def register_recovered(
             # clock of a lease waiting for its credentials starts there.
             fresh = info
         else:
-            host = credentials.host_identity(gmsa.domain)
-            account = credentials.account(gmsa.domain, gmsa.gmsa_name, host)
+            account = recovery.host_account(gmsa.domain, gmsa.gmsa_name)
             key = account.key
         scheduler.register(key, account, tgt, fresh)
 

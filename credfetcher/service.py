@@ -38,7 +38,13 @@ from credfetcher.exporter import LiveState
 from credfetcher.files import Ownership
 from credfetcher.identity import UserIdentity
 from credfetcher.lease_index import LeaseIndex
-from credfetcher.leases import LeaseRecord, LeaseStore, new_lease_id, validate_lease_id
+from credfetcher.leases import (
+    LeaseRecord,
+    LeaseStore,
+    LoadedLease,
+    new_lease_id,
+    validate_lease_id,
+)
 from credfetcher.publish import ArnLeaseResult, LeaseResult
 from credfetcher.rebind import Rebinder
 from credfetcher.renewal import RenewalScheduler
@@ -93,6 +99,7 @@ class LeaseService:
         )
         self.supervisor = Supervisor(self)
         self._add_slots = threading.BoundedSemaphore(CONCURRENT_ADDS)
+        self._recovery = publish.Recovery(self.credentials)  # shared by the leases loaded
         if config.ccache_mode & 0o004:
             log.warning(
                 "CF_CCACHE_MODE 0%o: every lease's ccache and keytab are readable by every user "
@@ -122,23 +129,25 @@ class LeaseService:
     def recover(self, names: Sequence[str]) -> None:
         """Load the leases found at start-up (the recovery thread), then release renewal."""
         try:
-            for name in names:
-                self._ensure_loaded(name)
+            self.index.load_all(names, self.store.load_lease, self._register_recovered)
         except Exception:
             log.exception("recovering the leases in %s failed", self.config.krb_dir)
         finally:
             self.index.end_loading()
             self.scheduler.release()
+            self._recovery = publish.Recovery(self.credentials)  # its memos, freed
         # Whoever loaded them (this loop, or a call that named one first), less any deleted.
         loaded = self.index.count(names)
         log.info("recovered %d lease(s) from %s", loaded, self.config.krb_dir)
 
     def _ensure_loaded(self, lease_id: str) -> bool:
-        return self.index.ensure_loaded(lease_id, self.store.load, self._register_recovered)
+        return self.index.ensure_loaded(
+            lease_id, self.store.load_lease, self._register_recovered
+        )
 
-    def _register_recovered(self, record: LeaseRecord) -> None:
+    def _register_recovered(self, loaded: LoadedLease) -> None:
         publish.register_recovered(
-            self.store, self.scheduler, self.credentials, record, now=self.clock()
+            self.store, self.scheduler, self._recovery, loaded, now=self.clock()
         )
 
     # -- adding and deleting -------------------------------------------------------------------
