@@ -179,13 +179,15 @@ def run(config: Config, notifier: Notifier) -> int:
     # The background threads (recovery, renewal, CF_AWS_SM_SECRET_NAME's first read and its
     # refresh) start here and stop in service.stop() (credfetcher.supervisor).
     service = LeaseService(config)
-    service.start()
+    serving = threading.Event()
+    service.start(serving)
     start_credspec_lease(service, config)
     # Before the socket: once HealthCheck answers, the metrics endpoint answers too.
     exporter = start_metrics(service, config)
     server = Server(service)
     server.start()
     wait_until_serving(config.socket_path)
+    serving.set()
     log.info("serving on unix:%s (krbdir %s)", config.socket_path, config.krb_dir)
     notifier.ready(f"serving {service.scheduler.lease_count()} lease(s)")
     gc_stop = threading.Event()

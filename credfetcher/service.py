@@ -113,14 +113,15 @@ class LeaseService:
 
     # -- start, recovery, stop -----------------------------------------------------------------
 
-    def start(self) -> None:
-        """Start the background threads (:meth:`credfetcher.supervisor.Supervisor.start`).
+    def start(self, serving: threading.Event | None = None) -> None:
+        """Start the background threads (:meth:`credfetcher.supervisor.Supervisor.start`; the
+        leases on disk are loaded once ``serving`` is set, at once without it).
 
         A call that names a lease not loaded yet loads it first (:meth:`_ensure_loaded`), so no
         lease on disk is ever NOT_FOUND; calls that need every lease (domainless, ARN and secret
         renewals) wait for the loader.
         """
-        self.supervisor.start()
+        self.supervisor.start(serving)
 
     def stop(self) -> None:
         self.supervisor.stop()
