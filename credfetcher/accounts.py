@@ -130,7 +130,7 @@ class GmsaAccount:
 
     @property
     def key(self) -> AccountKey:
-        return AccountKey(self.domain, self.gmsa.lower(), identity_key(self.identity))
+        return account_key(self.domain, self.gmsa, self.identity)
 
     def material(self, *, refresh: bool = False) -> KeyMaterial:
         """The cached keys, fetched from the DC first when absent, stale, or ``refresh``.
@@ -385,3 +385,9 @@ class GmsaAccount:
 def identity_key(identity: Identity) -> str:
     """A stable, secret-free key for grouping by identity."""
     return "|".join(identity.key)
+
+
+def account_key(domain: str, gmsa: str, identity: Identity) -> AccountKey:
+    """The key of the account reading ``gmsa`` of ``domain`` as ``identity``
+    (:attr:`GmsaAccount.key`), known without making the account."""
+    return AccountKey(domain, gmsa.lower(), identity_key(identity))

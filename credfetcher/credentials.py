@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 import krb5
 
 from credfetcher import aws
-from credfetcher.accounts import AccountKey, GmsaAccount, Identity
+from credfetcher.accounts import AccountKey, GmsaAccount, Identity, account_key
 from credfetcher.config import Config
 from credfetcher.credspec import Credspec, parse_credspec
 from credfetcher.directory import DirectoryClient, DirectoryConfig
@@ -94,9 +94,14 @@ class Credentials:
 
     def account(self, domain: str, gmsa: str, identity: Identity) -> GmsaAccount:
         """The shared account reading ``gmsa`` as ``identity``, registered if new."""
-        candidate = self._new_account(domain, gmsa, identity)
+        key = account_key(domain, gmsa, identity)
         with self._lock:
-            return self._accounts.setdefault(candidate.key, candidate)
+            account = self._accounts.get(key)
+        if account is not None:  # every lease after a gMSA's first, and every recovered one
+            return account
+        candidate = self._new_account(domain, gmsa, identity)  # outside: directory() locks
+        with self._lock:
+            return self._accounts.setdefault(key, candidate)
 
     def proved_account(self, domain: str, gmsa: str, identity: Identity) -> GmsaAccount:
         """:meth:`account`, registered only once ``identity`` has read the gMSA's password.
@@ -106,12 +111,14 @@ class Credentials:
         raises and leaves no account behind; an account already known for these exact
         credentials has proved them before and is asked again (it caches what it read).
         """
-        candidate = self._new_account(domain, gmsa, identity)
+        key = account_key(domain, gmsa, identity)
         with self._lock:
-            account = self._accounts.get(candidate.key, candidate)
+            account = self._accounts.get(key)
+        if account is None:
+            account = self._new_account(domain, gmsa, identity)
         account.material()
         with self._lock:
-            return self._accounts.setdefault(candidate.key, account)
+            return self._accounts.setdefault(key, account)
 
     def warm_up(self) -> None:
         """Get the host's TGT and bind to a DC now, so the first lease doesn't wait for them.

@@ -144,25 +144,20 @@ def publish(
 
 
 class Recovery:
-    """What the leases loaded at start-up share, each made once rather than once per lease: the
-    host's account per (domain, gMSA), and the ticket in each distinct ccache (the leases of a
-    renewal group hold the same bytes: their files are written from one TGT)."""
+    """What the leases loaded at start-up share: the ticket in each distinct ccache, parsed once
+    rather than once per lease (the leases of a renewal group hold the same bytes: their files
+    are written from one TGT)."""
 
     #: Distinct ccaches remembered at most; a full memo starts again.
     TICKETS = 256
 
     def __init__(self, credentials: Credentials) -> None:
         self._credentials = credentials
-        self._accounts: dict[tuple[str, str], GmsaAccount] = {}
         self._tickets: dict[bytes, tickets.TicketInfo | None] = {}
 
     def host_account(self, domain: str, gmsa: str) -> GmsaAccount:
-        account = self._accounts.get((domain, gmsa))
-        if account is None:
-            identity = self._credentials.host_identity(domain)
-            account = self._credentials.account(domain, gmsa, identity)
-            self._accounts[domain, gmsa] = account
-        return account
+        """The host's shared account (:meth:`Credentials.account` finds a known one by key)."""
+        return self._credentials.account(domain, gmsa, self._credentials.host_identity(domain))
 
     def ticket_info(self, data: bytes) -> tickets.TicketInfo | None:
         """:func:`credfetcher.tickets.ticket_info_from_bytes`, a pure function of ``data``."""
@@ -195,7 +190,7 @@ def register_recovered(
         tgt = target(store, record, gmsa.gmsa_name)
         # Read from a checked fd at load (never a FIFO, a symlink or a file the daemon did not
         # make); anything else reads as "no ticket": renewed now, and the write reports it.
-        data = loaded.ccaches.get(tgt.ccache.parent.name)
+        data = loaded.ccaches.get(gmsa.dir_name)
         info = recovery.ticket_info(data) if data else None
         fresh = info if info is not None and info.endtime > now + 60 else None
         if record.domainless_user is not None:
