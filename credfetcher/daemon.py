@@ -1,9 +1,11 @@
 """``credfetcherd``: the daemon. Runs in the foreground; systemd (Type=notify) supervises it.
 
-Start-up order matters to callers: configuration is parsed and checked, leases are recovered
-from krbdir (missing or expired caches renewed), the gRPC socket is bound, a HealthCheck call is
+Start-up order matters to callers: configuration is parsed and checked, krbdir is listed (and
+the leftovers of interrupted writes removed), the gRPC socket is bound, a HealthCheck call is
 made through the socket itself, and only then is READY=1 sent (sd_notify(3)), so a unit ordered
-after credfetcher.service can call it at once. WATCHDOG=1 is sent only while the renewal loop is
+after credfetcher.service can call it at once. The leases on disk load in the background after
+that (a call that names one first loads it itself; :mod:`credfetcher.lease_index`), and their
+missing or expired caches are renewed once every lease is in. WATCHDOG=1 is sent only while the renewal loop is
 alive. SIGTERM sends STOPPING=1, lets in-flight calls finish and exits 0 within 10 seconds.
 
 The process holds passwords and keys in memory, so before anything else it makes itself
