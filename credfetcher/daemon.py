@@ -5,8 +5,9 @@ the leftovers of interrupted writes removed), the gRPC socket is bound, a Health
 made through the socket itself, and only then is READY=1 sent (sd_notify(3)), so a unit ordered
 after credfetcher.service can call it at once. The leases on disk load in the background after
 that (a call that names one first loads it itself; :mod:`credfetcher.lease_index`), and their
-missing or expired caches are renewed once every lease is in. WATCHDOG=1 is sent only while the renewal loop is
-alive. SIGTERM sends STOPPING=1, lets in-flight calls finish and exits 0 within 10 seconds.
+missing or expired caches are renewed once every lease is in. WATCHDOG=1 is sent only while the
+renewal loop is alive. SIGTERM sends STOPPING=1, lets in-flight calls finish and exits 0 within
+10 seconds.
 
 The process holds passwords and keys in memory, so before anything else it makes itself
 non-dumpable (prctl(2) PR_SET_DUMPABLE 0: no core dump, no ptrace by other users, /proc/<pid>/mem
