@@ -9,7 +9,7 @@ a kubelet probe) is a process of its own as well.
 Protocol: ``python bench/healthpoll.py SOCKET``; each line on stdin names the current phase
 (``idle`` pauses the polling: idle CPU is measured then). At end of input it prints one JSON
 object, ``{"worst": {phase: seconds}, "failures": {phase: count}}``, and exits. A call that fails
-in the ``restart`` phase is not a failure: the socket is gone between a stop and a start.
+in the ``restart`` phase (from the stop to the new daemon's first answer) is not a failure.
 """
 
 from __future__ import annotations
