@@ -304,7 +304,7 @@ class RenewalScheduler:
             if group is None or group.account is None:
                 return None
             account = group.account
-            old_end = group.endtime
+            old_start, old_end = group.starttime, group.endtime
             held = self._refused.identity_of(account)
             wait = None if held is None else self._refused.claim(held, self.clock(), asked=asked)
             if wait is not None:
@@ -338,7 +338,11 @@ class RenewalScheduler:
         if held is not None:
             with self._lock:
                 self._refused.succeeded(held)
-        if tgt.info.endtime <= old_end and not asked:
+        # A ticket of the same second as the current one has its very times: as good as it, and
+        # the group was due for another reason (at a password change the keys are confirmed a
+        # second after the switch, and the keytab must be written again).
+        same_second = tgt.info.starttime == old_start and tgt.info.endtime == old_end
+        if tgt.info.endtime <= old_end and not asked and not same_second:
             # The KDC gave us nothing new (e.g. the account's max ticket life was reached):
             # keep the current files and try again later rather than rewriting them.
             stale = KerberosError(
