@@ -368,47 +368,48 @@ class Run:
         )
         self.results.loads.append(os.getloadavg()[0])
 
-    def next_renewal(self) -> float:
-        """The earliest ``next_renewal_at`` (epoch seconds) of any gMSA's leases: a gMSA's
-        leases renew together, as one group, so one lease of each tells. While a group's renewal
-        runs, its time stays the one that fell due (in the past) until the pass is done."""
-        with self.daemon.channel() as channel:
-            stub = pb_grpc.CredentialsFetcherServiceStub(channel)
-            times = [
-                ticket.next_renewal_at
-                for gmsa in self.dc.gmsas
-                for lease in stub.ListLeases(
-                    pb.ListLeasesRequest(gmsa=gmsa, page_size=1), timeout=60
-                ).leases
-                for ticket in lease.tickets
-            ]
-        return min(times, default=float("inf"))
-
-    def expiries(self) -> dict[str, int]:
-        """Per gMSA, when the ticket of its first listed lease expires: its group's renewal
-        pass moves it later."""
+    def first_leases(self) -> dict[str, pb.LeaseInfo]:
+        """Per gMSA, its first listed lease: a gMSA's leases renew together, as one group, so
+        one lease of each tells when the group renews next and how far its tickets reach."""
         with self.daemon.channel() as channel:
             stub = pb_grpc.CredentialsFetcherServiceStub(channel)
             return {
-                gmsa: max(ticket.expires_at for ticket in lease.tickets)
+                gmsa: lease
                 for gmsa in self.dc.gmsas
                 for lease in stub.ListLeases(
                     pb.ListLeasesRequest(gmsa=gmsa, page_size=1), timeout=60
                 ).leases
             }
 
+    @staticmethod
+    def next_renewal(leases: dict[str, pb.LeaseInfo]) -> float:
+        """The earliest ``next_renewal_at`` (epoch seconds) of ``leases`` (:meth:`first_leases`).
+        While a group's renewal runs, its time stays the one that fell due (in the past) until
+        the pass is done."""
+        return min(
+            (t.next_renewal_at for lease in leases.values() for t in lease.tickets),
+            default=float("inf"),
+        )
+
+    @staticmethod
+    def expiries(leases: dict[str, pb.LeaseInfo]) -> dict[str, int]:
+        """Per gMSA, when the ticket of its first listed lease expires: its group's renewal
+        pass moves it later."""
+        return {gmsa: max(t.expires_at for t in lease.tickets) for gmsa, lease in leases.items()}
+
     def renewals(self, health: HealthPoller) -> None:
         """Leave the leases idle until every gMSA's group has been renewed once and no pass
         runs any more (two ticket lifetimes at most), so that the renewal phase's HealthCheck
         figure really covers renewal passes; how many groups were seen renewed is a result."""
         health.phase = "renewal"
-        before = self.expiries()
+        before = self.expiries(self.first_leases())
         deadline = time.monotonic() + 2 * self.ticket_lifetime
         renewed = 0
         while time.monotonic() < deadline:
-            after = self.expiries()
+            leases = self.first_leases()
+            after = self.expiries(leases)
             renewed = sum(after.get(gmsa, 0) > expiry for gmsa, expiry in before.items())
-            if renewed == len(before) and self.next_renewal() > time.time():
+            if renewed == len(before) and self.next_renewal(leases) > time.time():
                 break
             time.sleep(1.0)
         self.results.groups = len(before)
@@ -421,7 +422,7 @@ class Run:
         idle window that overlapped one would measure the pass, not an idle daemon."""
         deadline = time.monotonic() + 2 * self.ticket_lifetime
         while time.monotonic() < deadline:
-            due_in = self.next_renewal() - time.time()
+            due_in = self.next_renewal(self.first_leases()) - time.time()
             if due_in > seconds + 2:
                 return
             time.sleep(min(max(due_in, 0.0) + 1.0, 5.0))
